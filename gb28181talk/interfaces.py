@@ -1,0 +1,99 @@
+"""The seams where things plug in: audio sources and sinks, session observers, signalling.
+
+The audio model, shared by every piece: time is cut into *frames* of 20 ms of
+8 kHz mono audio (160 samples, 320 bytes of little-endian PCM16).  One pacer
+pulls one frame per 20 ms from each source that has listeners and hands the
+same frame object to every session listening to it, so a source is decoded,
+resampled and G.711-encoded once however many devices hear it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zope.interface import Attribute, Interface
+
+FRAME_MS = 20
+"""Length of one audio frame, the pacer's unit of time."""
+
+SAMPLE_RATE = 8000
+"""Sample rate of every frame (G.711's clock)."""
+
+FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000
+"""Samples in one frame: 160."""
+
+FRAME_BYTES = FRAME_SAMPLES * 2
+"""Bytes of PCM16 in one frame: 320."""
+
+
+class IAudioSource(Interface):
+    """A named stream of 8 kHz mono audio that talk sessions broadcast.
+
+    The pacer calls :meth:`read_frame` once per 20 ms while at least one
+    session listens; a source with no listeners is not read (a file does not
+    advance, a live source keeps only a short bounded backlog).
+    """
+
+    app = Attribute("Application name, the first half of the source's key (str).")
+    stream = Attribute("Stream name, the second half of the source's key (str).")
+    kind = Attribute("What feeds it: 'tone', 'file', 'push', 'rtp', 'device' (str).")
+    ended = Attribute("True once the source will never produce audio again (bool).")
+
+    def read_frame() -> bytes | None:
+        """Return the next 20 ms as 320 bytes of PCM16, or None if no audio is ready yet.
+
+        None is an underrun of a live source (nothing was pushed in time); the
+        listeners' RTP timestamps still advance so the gap is kept in time.
+        """
+
+    def describe() -> dict[str, Any]:
+        """A JSON-ready description for listings: app, stream, kind and kind options."""
+
+    def close() -> None:
+        """Release what the source holds (files, sockets); it ends for every listener."""
+
+
+class IAudioSink(Interface):
+    """Receives the audio a device sends back in two-way talk, decoded to 8 kHz PCM16."""
+
+    def audio_received(pcm16: bytes, rtp_timestamp: int) -> None:
+        """Take one packet's worth of decoded audio with its RTP timestamp (8 kHz units)."""
+
+    def audio_ended() -> None:
+        """The talk session ended: flush and release (a recorder closes its file)."""
+
+
+class ISessionObserver(Interface):
+    """Hears every talk session's life: the seam for hooks, metrics and logs.
+
+    Every session that :meth:`session_started` reports gets exactly one
+    :meth:`session_ended`, whatever path it takes.
+    """
+
+    def session_started(session: Any) -> None:
+        """The session is listening on its port (``session.port``)."""
+
+    def session_connected(session: Any, peer: tuple[str, int]) -> None:
+        """The first device connected from ``peer``; the listener is already closed."""
+
+    def device_refused(session: Any, peer: tuple[str, int], why: str) -> None:
+        """A connection was refused: not the expected device, or not the first."""
+
+    def session_ended(session: Any, reason: str, stats: Any) -> None:
+        """The session is closed for ``reason`` with its final ``SessionStats``; its port is free."""
+
+
+class ITalkSignalling(Interface):
+    """What a SIP stack asks of the media side for one broadcast or talk call.
+
+    A GB28181 SIP UAS (ours, or one already in an existing Twisted SIP stack)
+    calls :meth:`prepare` when it has the device's SDP offer, puts the returned
+    SDP answer in its 200 OK (the port is already listening, as Dahua devices
+    connect before ACK), and calls :meth:`release` on BYE or failure.
+    """
+
+    def prepare(call_id: str, offer_sdp: str, source_app: str, source_stream: str) -> str:
+        """Open a passive talk port for the call and return the SDP answer text."""
+
+    def release(call_id: str) -> None:
+        """End the call's talk session (reason ``stopped``); harmless if already ended."""
