@@ -80,7 +80,7 @@ class ISessionObserver(Interface):
         """A connection was refused: not the expected device, or not the first."""
 
     def session_ended(session: Any, reason: str, stats: Any) -> None:
-        """The session is closed for ``reason`` with its final ``SessionStats``; its port is free."""
+        """The session closed for ``reason`` with its final ``SessionStats``; its port is free."""
 
 
 class ITalkSignalling(Interface):
