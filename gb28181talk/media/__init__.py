@@ -1,0 +1,1 @@
+"""Sans-I/O media: RTP, TCP framing, G.711, WAV, resampling and MPEG-PS over plain bytes."""
