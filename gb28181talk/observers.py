@@ -1,0 +1,94 @@
+"""Session observers: the fan-out that tells every registered observer, and the operator's log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from gb28181talk.interfaces import ISessionObserver
+
+log = Logger()
+
+
+@implementer(ISessionObserver)
+class ObserverSet:
+    """Tells each registered observer in turn; a failing one is logged, never breaks a session."""
+
+    def __init__(self) -> None:
+        self._observers: list[Any] = []
+
+    def add(self, observer: Any) -> None:
+        """Register an ISessionObserver."""
+        if not ISessionObserver.providedBy(observer):
+            raise TypeError(f"{observer!r} does not provide ISessionObserver")
+        self._observers.append(observer)
+
+    def remove(self, observer: Any) -> None:
+        """Unregister; harmless if it was not registered."""
+        if observer in self._observers:
+            self._observers.remove(observer)
+
+    def _tell(self, event: str, *args: Any) -> None:
+        for observer in tuple(self._observers):
+            try:
+                getattr(observer, event)(*args)
+            except Exception:
+                log.failure(
+                    "session observer {observer!r} failed on {event}",
+                    observer=observer,
+                    event=event,
+                )
+
+    def session_started(self, session: Any) -> None:
+        self._tell("session_started", session)
+
+    def session_connected(self, session: Any, peer: tuple[str, int]) -> None:
+        self._tell("session_connected", session, peer)
+
+    def device_refused(self, session: Any, peer: tuple[str, int], why: str) -> None:
+        self._tell("device_refused", session, peer, why)
+
+    def session_ended(self, session: Any, reason: str, stats: Any) -> None:
+        self._tell("session_ended", session, reason, stats)
+
+
+@implementer(ISessionObserver)
+class LoggingObserver:
+    """One structured log line per event an operator cares about."""
+
+    def session_started(self, session: Any) -> None:
+        log.info(
+            "talk session {id} ({key}) listening on port {port}, waiting {wait:g} s for the device",
+            id=session.id,
+            key=str(session.key),
+            port=session.port,
+            wait=session.params.wait_timeout,
+        )
+
+    def session_connected(self, session: Any, peer: tuple[str, int]) -> None:
+        log.info(
+            "talk session {id}: device {host}:{peer_port} connected to port {port}",
+            id=session.id,
+            host=peer[0],
+            peer_port=peer[1],
+            port=session.port,
+        )
+
+    def device_refused(self, session: Any, peer: tuple[str, int], why: str) -> None:
+        """Already logged by the session itself."""
+
+    def session_ended(self, session: Any, reason: str, stats: Any) -> None:
+        log.info(
+            "talk session {id} ended: {reason} {detail}; sent {sent} packets, received {received}, "
+            "{violations} SSRC violations, jitter mean {jitter:.2f} ms, {duration:.1f} s",
+            id=session.id,
+            reason=reason,
+            detail=session.end_detail,
+            sent=stats.packets_sent,
+            received=stats.packets_received,
+            violations=stats.ssrc_violations,
+            jitter=stats.jitter_mean_ms,
+            duration=stats.duration_s,
+        )

@@ -1,0 +1,186 @@
+"""One timer that drives every talk session's packet clock, reading each source once per frame.
+
+Each source with listeners is read once per 20 ms frame and its frame is
+encoded at most once per G.711 law, however many sessions play it: broadcasting
+one announcement to 500 loudspeakers decodes and encodes it once.  After a
+reactor stall the pacer sends at most ``max_burst_frames`` frames at once and
+moves its timeline on by the rest, so nothing is skipped from the audio and
+devices never get a burst bigger than their jitter buffers expect.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from gb28181talk.interfaces import FRAME_MS, IAudioSource
+from gb28181talk.media import g711
+from gb28181talk.media.law import Law
+
+LATENESS_BUCKET_MS = 0.5
+LATENESS_BUCKETS = 400
+
+
+class FrameListener(Protocol):
+    """What the pacer calls on a listener (a talk session) for each frame of its source."""
+
+    def frame_ready(self, tap: SourceTap) -> None:
+        """A frame of ``tap``'s source is current: ``tap.pcm`` is None for a gap."""
+
+    def source_ended(self, tap: SourceTap) -> None:
+        """The source will never produce audio again."""
+
+
+class SourceTap:
+    """One source as the pacer reads it: the current frame, encoded at most once per law."""
+
+    __slots__ = ("_encoded", "index", "listeners", "now", "pcm", "source")
+
+    def __init__(self, source: IAudioSource) -> None:
+        self.source = source
+        self.listeners: dict[FrameListener, None] = {}
+        self.index = -1
+        self.pcm: bytes | None = None
+        self.now = 0.0
+        self._encoded: dict[Law, bytes] = {}
+
+    def g711(self, law: Law) -> bytes | None:
+        """The current frame in ``law``, encoded on first request and shared after."""
+        if self.pcm is None:
+            return None
+        encoded = self._encoded.get(law)
+        if encoded is None:
+            encoded = self._encoded[law] = g711.encode(law, self.pcm)
+        return encoded
+
+    def advance(self, now: float) -> bool:
+        """Read the next frame and hand it to every listener; False once the source ended."""
+        source = self.source
+        self.index += 1
+        self.now = now
+        self.pcm = source.read_frame()
+        self._encoded = {}
+        listeners = tuple(self.listeners)
+        if self.pcm is None and source.ended:
+            for listener in listeners:
+                listener.source_ended(self)
+            return False
+        for listener in listeners:
+            listener.frame_ready(self)
+        return True
+
+
+class TickStats:
+    """How late the pacer's ticks ran against their schedule: count, max and a histogram."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.frames = 0
+        self.max_lateness_ms = 0.0
+        self.shifted_frames = 0
+        self._histogram = [0] * LATENESS_BUCKETS
+
+    def record(self, lateness_ms: float) -> None:
+        self.ticks += 1
+        if lateness_ms > self.max_lateness_ms:
+            self.max_lateness_ms = lateness_ms
+        bucket = min(int(lateness_ms / LATENESS_BUCKET_MS), LATENESS_BUCKETS - 1)
+        self._histogram[max(bucket, 0)] += 1
+
+    def percentile_ms(self, fraction: float) -> float:
+        """Upper edge of the histogram bucket holding the ``fraction`` quantile of lateness."""
+        if not self.ticks:
+            return 0.0
+        wanted = fraction * self.ticks
+        seen = 0
+        for bucket, count in enumerate(self._histogram):
+            seen += count
+            if seen >= wanted:
+                return (bucket + 1) * LATENESS_BUCKET_MS
+        return LATENESS_BUCKETS * LATENESS_BUCKET_MS
+
+
+class Pacer:
+    """Reads every listened-to source once per frame on one shared timer."""
+
+    def __init__(
+        self, clock: IReactorTime, frame_ms: int = FRAME_MS, max_burst_frames: int = 5
+    ) -> None:
+        self._clock = clock
+        self._frame_s = frame_ms / 1000
+        self.max_burst_frames = max_burst_frames
+        self._taps: dict[IAudioSource, SourceTap] = {}
+        self._call: IDelayedCall | None = None
+        self._epoch = 0.0
+        self._frames_done = 0
+        self._in_tick = False
+        self.stats = TickStats()
+
+    @property
+    def running(self) -> bool:
+        """Whether the timer is scheduled (only while some source has listeners)."""
+        return self._call is not None
+
+    def taps(self) -> list[SourceTap]:
+        """The sources read now."""
+        return list(self._taps.values())
+
+    def attach(self, source: IAudioSource, listener: FrameListener) -> SourceTap:
+        """Start handing ``source``'s frames to ``listener`` from the next tick on."""
+        tap = self._taps.get(source)
+        if tap is None:
+            tap = self._taps[source] = SourceTap(source)
+        tap.listeners[listener] = None
+        if self._call is None and not self._in_tick:
+            self._epoch = self._clock.seconds()
+            self._frames_done = 0
+            self._call = self._clock.callLater(0, self._tick)
+        return tap
+
+    def detach(self, source: IAudioSource, listener: FrameListener) -> None:
+        """Stop handing frames to ``listener``; the source is no longer read once nobody listens."""
+        tap = self._taps.get(source)
+        if tap is None:
+            return
+        tap.listeners.pop(listener, None)
+        if not tap.listeners:
+            del self._taps[source]
+            if not self._taps and not self._in_tick:
+                self.stop()
+
+    def stop(self) -> None:
+        """Cancel the timer (listeners stay attached; attach restarts it)."""
+        if self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
+
+    def _tick(self) -> None:
+        self._call = None
+        self._in_tick = True
+        try:
+            now = self._clock.seconds()
+            self._send_due_frames(now)
+        finally:
+            self._in_tick = False
+        if self._taps:
+            next_at = self._epoch + self._frames_done * self._frame_s
+            self._call = self._clock.callLater(max(next_at - now, 0.0), self._tick)
+
+    def _send_due_frames(self, now: float) -> None:
+        scheduled = self._epoch + self._frames_done * self._frame_s
+        self.stats.record((now - scheduled) * 1000)
+        due = int((now - self._epoch) / self._frame_s + 1e-9) + 1 - self._frames_done
+        if due > self.max_burst_frames:
+            # A stall: send a bounded burst and move the timeline on by the rest.
+            shift = due - self.max_burst_frames
+            self._epoch += shift * self._frame_s
+            self.stats.shifted_frames += shift
+            due = self.max_burst_frames
+        for _ in range(max(due, 0)):
+            for source, tap in list(self._taps.items()):
+                if tap.listeners and not tap.advance(now):
+                    self._taps.pop(source, None)
+            self._frames_done += 1
+            self.stats.frames += 1

@@ -1,0 +1,152 @@
+"""Value types of a talk session: its key, what the caller asked for, how it ended, its figures."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from gb28181talk.errors import SessionError
+from gb28181talk.media.framing import Framing
+from gb28181talk.media.law import Law
+
+DEFAULT_WAIT_TIMEOUT = 5.0
+PS_PAYLOAD_TYPE = 96
+MAX_SSRC = 2**32 - 1
+
+
+class SessionState(enum.StrEnum):
+    """Where a talk session is in its life; the listener exists only while ``listening``."""
+
+    LISTENING = "listening"
+    STREAMING = "streaming"
+    CLOSED = "closed"
+
+
+class EndReason(enum.StrEnum):
+    """Why a talk session ended; every ending carries exactly one."""
+
+    TIMEOUT = "timeout"
+    DEVICE_CLOSED = "device-closed"
+    STOPPED = "stopped"
+    SEND_STALLED = "send-stalled"
+    SSRC_VIOLATION = "ssrc-violation"
+    SOURCE_ENDED = "source-ended"
+    RECEIVE_TIMEOUT = "receive-timeout"
+    ERROR = "error"
+    SHUTDOWN = "shutdown"
+
+
+class SsrcPolicy(enum.StrEnum):
+    """What to do with device RTP whose SSRC is not the expected one.
+
+    ``strict`` drops and counts packets whose SSRC differs from the SDP ``y=``;
+    ``learn`` adopts the first SSRC the device sends and drops others (what
+    ZLMediaKit does, and what works with devices that ignore ``y=``); ``off``
+    accepts everything.
+    """
+
+    STRICT = "strict"
+    LEARN = "learn"
+    OFF = "off"
+
+
+class Packaging(enum.StrEnum):
+    """How G.711 goes into RTP: raw (PCMA/PCMU payload) or wrapped in MPEG-PS."""
+
+    RAW = "raw"
+    PS = "ps"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKey:
+    """What identifies a talk session to signalling: the source it plays and the call's SSRC."""
+
+    vhost: str
+    app: str
+    stream: str
+    ssrc: int
+
+    def __str__(self) -> str:
+        return f"{self.vhost}/{self.app}/{self.stream}/{self.ssrc:010d}"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionParams:
+    """Everything a caller decides about one talk session; checked on construction."""
+
+    key: SessionKey
+    src_port: int = 0
+    law: Law = Law.ALAW
+    payload_type: int | None = None
+    packaging: Packaging = Packaging.RAW
+    framing: Framing = Framing.RFC4571
+    packet_ms: int = 20
+    wait_timeout: float = DEFAULT_WAIT_TIMEOUT
+    expected_peer: str | None = None
+    ssrc_policy: SsrcPolicy = SsrcPolicy.LEARN
+    max_ssrc_violations: int | None = None
+    receive: bool = False
+    receive_timeout: float | None = None
+    preroll_ms: int = 1000
+    max_send_buffer: int = 32 * 1024
+    stall_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        problems = list(self._problems())
+        if problems:
+            raise SessionError("invalid talk session parameters: " + "; ".join(problems))
+
+    def _problems(self) -> Any:
+        if not 0 <= self.key.ssrc <= MAX_SSRC:
+            yield f"ssrc {self.key.ssrc} is outside 0..{MAX_SSRC}"
+        if not 0 <= self.src_port <= 65535:
+            yield f"src_port {self.src_port} is not a TCP port (0 = from the pool)"
+        if self.payload_type is not None and not 0 <= self.payload_type <= 127:
+            yield f"payload type {self.payload_type} is outside 0..127"
+        if self.packet_ms % 20 or not 20 <= self.packet_ms <= 180:
+            yield f"packet duration {self.packet_ms} ms must be 20..180 and a multiple of 20"
+        if self.framing is Framing.INTERLEAVED:
+            yield "framing to the device must be rfc4571 or none"
+        if not self.wait_timeout > 0:
+            yield f"wait timeout {self.wait_timeout} s must be above 0"
+        if self.receive_timeout is not None and not self.receive_timeout > 0:
+            yield f"receive timeout {self.receive_timeout} s must be above 0"
+        if self.max_ssrc_violations is not None and self.max_ssrc_violations < 1:
+            yield "max_ssrc_violations must be at least 1 (or unset)"
+        if not 0 <= self.preroll_ms <= 10_000:
+            yield f"pre-roll {self.preroll_ms} ms must be 0..10000"
+        if self.max_send_buffer < 1024:
+            yield f"max send buffer {self.max_send_buffer} bytes must be at least 1024"
+        if not self.stall_timeout > 0:
+            yield f"stall timeout {self.stall_timeout} s must be above 0"
+
+    @property
+    def rtp_payload_type(self) -> int:
+        """The payload type written to the device: as asked, else 96 for PS, 8/0 for raw."""
+        if self.payload_type is not None:
+            return self.payload_type
+        return PS_PAYLOAD_TYPE if self.packaging is Packaging.PS else self.law.payload_type
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStats:
+    """A talk session's figures at one moment (final ones at its end)."""
+
+    packets_sent: int = 0
+    bytes_sent: int = 0
+    preroll_packets: int = 0
+    packets_dropped: int = 0
+    packets_received: int = 0
+    bytes_received: int = 0
+    invalid_packets: int = 0
+    ssrc_violations: int = 0
+    refused_connections: int = 0
+    jitter_mean_ms: float = 0.0
+    jitter_max_ms: float = 0.0
+    duration_s: float = 0.0
+    streaming_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready figures."""
+        return asdict(self)

@@ -1,0 +1,291 @@
+"""The talk-port pool: one TCP listening port per talk session, leased and returned exactly once.
+
+A lease is held from the moment a port is bound until its listening socket is
+really closed: ``listening`` while the session waits for its device, then
+``closing`` for the reactor turn Twisted takes to close the socket.  When the
+first device connects the session releases its lease at once, so the port goes
+back to the pool while the connection lives on.
+
+Free ports wait in a FIFO queue shuffled once at start: allocation is O(1)
+however full the pool is, and a released port goes to the back of the line, so
+a late device dialling an old port finds it closed rather than reused.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+
+from gb28181talk.errors import PoolExhaustedError, PortError, PortInUseError
+
+DEFAULT_PORT_RANGE = (30000, 35000)
+LOWEST_PORT = 1024
+HIGHEST_PORT = 65535
+DEFAULT_BIND_ATTEMPTS = 8
+
+log = Logger()
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """Parse ``"LO-HI"`` (or a single port) into a validated inclusive range."""
+    low_text, _, high_text = text.strip().partition("-")
+    try:
+        low = int(low_text)
+        high = int(high_text) if high_text else low
+    except ValueError:
+        raise PortError(
+            f"port range {text!r} is not LO-HI with whole numbers, e.g. 30000-35000"
+        ) from None
+    check_port_range(low, high)
+    return low, high
+
+
+def check_port_range(low: int, high: int) -> None:
+    """Raise PortError unless ``low..high`` is a non-empty range within 1024-65535."""
+    if not LOWEST_PORT <= low <= high <= HIGHEST_PORT:
+        raise PortError(
+            f"port range {low}-{high} is not valid: it must satisfy "
+            f"{LOWEST_PORT} <= LO <= HI <= {HIGHEST_PORT}"
+        )
+
+
+def ephemeral_overlap(
+    low: int, high: int, path: str = "/proc/sys/net/ipv4/ip_local_port_range"
+) -> tuple[int, int] | None:
+    """The part of ``low..high`` that Linux also hands to outgoing connections, if any.
+
+    Such ports are now and then taken by some outgoing connection; bind retries
+    absorb that, but an operator should know (see docs/performance notes).
+    """
+    try:
+        with open(path) as ranges:
+            eph_low, eph_high = (int(part) for part in ranges.read().split())
+    except (OSError, ValueError):
+        return None
+    start, end = max(low, eph_low), min(high, eph_high)
+    return (start, end) if start <= end else None
+
+
+@dataclass(eq=False, slots=True)
+class Lease:
+    """One port held for one talk session, from bind until its socket is closed."""
+
+    port: int
+    owner: str
+    since: float
+    explicit: bool
+    listening_port: IListeningPort | None = None
+    state: str = "listening"
+    released: bool = False
+    closed: Deferred[None] = field(default_factory=Deferred)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready view for listings."""
+        return {
+            "port": self.port,
+            "session": self.owner,
+            "since": self.since,
+            "state": self.state,
+            "explicit": self.explicit,
+        }
+
+
+class PortPool:
+    """Leases TCP listening ports from a range, or an explicit port, for talk sessions."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        low: int = DEFAULT_PORT_RANGE[0],
+        high: int = DEFAULT_PORT_RANGE[1],
+        interface: str = "",
+        bind_attempts: int = DEFAULT_BIND_ATTEMPTS,
+        backlog: int = 8,
+        rng: random.Random | None = None,
+    ) -> None:
+        check_port_range(low, high)
+        if not (IReactorTCP.providedBy(reactor) and IReactorTime.providedBy(reactor)):
+            raise TypeError("PortPool needs a reactor providing IReactorTCP and IReactorTime")
+        self._reactor = reactor
+        self.low = low
+        self.high = high
+        self.interface = interface
+        self.bind_attempts = bind_attempts
+        self.backlog = backlog
+        ports = list(range(low, high + 1))
+        (rng or random.Random()).shuffle(ports)
+        # The deque may hold stale entries (ports leased explicitly, or duplicates
+        # after such a lease is returned); _free is the truth and pops skip the rest.
+        self._queue: deque[int] = deque(ports)
+        self._free: set[int] = set(ports)
+        self._leases: dict[int, Lease] = {}
+
+    @property
+    def size(self) -> int:
+        """How many ports the range holds."""
+        return self.high - self.low + 1
+
+    @property
+    def free_count(self) -> int:
+        """Ports of the range neither leased nor closing."""
+        return len(self._free)
+
+    @property
+    def leased_count(self) -> int:
+        """Ports held now (listening or closing), explicit ones outside the range included."""
+        return len(self._leases)
+
+    def in_range(self, port: int) -> bool:
+        """Whether ``port`` belongs to the pool's range."""
+        return self.low <= port <= self.high
+
+    def leases(self) -> list[Lease]:
+        """Every lease held now, oldest first."""
+        return sorted(self._leases.values(), key=lambda lease: (lease.since, lease.port))
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready view of the pool for the API."""
+        return {
+            "range": [self.low, self.high],
+            "interface": self.interface,
+            "free": self.free_count,
+            "leased": self.leased_count,
+            "leases": [lease.describe() for lease in self.leases()],
+        }
+
+    def listen(self, factory: ServerFactory, owner: str, port: int = 0) -> Lease:
+        """Bind ``factory`` on ``port`` (0: a free port of the pool) and return the lease.
+
+        Raises PortInUseError for an explicit port that cannot be bound (nothing
+        changes), PoolExhaustedError when the pool has no port to give.
+        """
+        if port:
+            return self._listen_explicit(factory, owner, port)
+        return self._listen_from_pool(factory, owner)
+
+    def release(self, lease: Lease) -> Deferred[None]:
+        """Stop listening and return the port once its socket is closed; only the first call acts.
+
+        The returned Deferred (``lease.closed``) fires when the port is back in
+        the pool.  Later calls return the same Deferred and change nothing.
+        """
+        if lease.released:
+            return lease.closed
+        lease.released = True
+        lease.state = "closing"
+        listening_port, lease.listening_port = lease.listening_port, None
+        stopped = maybeDeferred(listening_port.stopListening) if listening_port else None
+        if stopped is None or stopped.called:
+            self._returned(lease)
+        else:
+            stopped.addBoth(lambda _: self._returned(lease))
+        return lease.closed
+
+    def _returned(self, lease: Lease) -> None:
+        """The socket is closed: the port is free again, at the back of the line."""
+        del self._leases[lease.port]
+        lease.state = "released"
+        if self.in_range(lease.port):
+            self._free.add(lease.port)
+            self._queue.append(lease.port)
+            if len(self._queue) > 2 * self.size:
+                self._compact_queue()
+        lease.closed.callback(None)
+
+    def _compact_queue(self) -> None:
+        """Drop stale and duplicate queue entries, keeping each free port's latest place."""
+        kept: dict[int, None] = {}
+        for port in reversed(self._queue):
+            if port in self._free:
+                kept.setdefault(port)
+        self._queue = deque(reversed(kept))
+
+    def _listen_explicit(self, factory: ServerFactory, owner: str, port: int) -> Lease:
+        if not 1 <= port <= HIGHEST_PORT:
+            raise PortInUseError(port, f"it is not a TCP port number (1-{HIGHEST_PORT})")
+        held = self._leases.get(port)
+        if held is not None:
+            raise PortInUseError(
+                port,
+                f"it is held by talk session {held.owner} ({held.state}); "
+                f"choose another src_port or leave it empty to use the pool "
+                f"({self.low}-{self.high}, {self.free_count} free)",
+            )
+        try:
+            listening = self._bind(factory, port)
+        except CannotListenError as failure:
+            raise PortInUseError(
+                port,
+                f"binding {self.interface or '*'}:{port} failed ({failure.socketError}); "
+                f"another process probably holds it: choose another src_port or leave it "
+                f"empty to use the pool ({self.low}-{self.high}, {self.free_count} free)",
+            ) from None
+        self._free.discard(port)
+        return self._add_lease(port, owner, listening, explicit=True)
+
+    def _listen_from_pool(self, factory: ServerFactory, owner: str) -> Lease:
+        held_elsewhere: list[int] = []
+        try:
+            for port in self._candidates():
+                try:
+                    listening = self._bind(factory, port)
+                except CannotListenError as failure:
+                    # Another process holds it: it stays free (it may come back) and
+                    # goes to the back of the line; try the next one, a few times.
+                    log.info(
+                        "pool port {port} is held by another process ({error}); skipping it",
+                        port=port,
+                        error=failure.socketError,
+                    )
+                    held_elsewhere.append(port)
+                    if len(held_elsewhere) >= self.bind_attempts:
+                        break
+                    continue
+                self._free.discard(port)
+                return self._add_lease(port, owner, listening, explicit=False)
+        finally:
+            self._queue.extend(held_elsewhere)
+        if not held_elsewhere:
+            raise PoolExhaustedError(
+                f"the talk port pool {self.low}-{self.high} is exhausted: all {self.size} "
+                f"ports are leased ({self.leased_count} leases); stop a session or widen "
+                f"the port range"
+            )
+        raise PoolExhaustedError(
+            f"could not bind any of the {len(held_elsewhere)} pool ports tried "
+            f"({', '.join(map(str, held_elsewhere))}): other processes hold them; "
+            f"{self.free_count} of {self.size} ports in {self.low}-{self.high} are not leased "
+            f"by us; widen or move the port range"
+        )
+
+    def _candidates(self) -> Iterator[int]:
+        """Free ports in FIFO order, skipping stale queue entries (leased or duplicated)."""
+        while self._queue:
+            port = self._queue.popleft()
+            if port in self._free:
+                yield port
+
+    def _bind(self, factory: ServerFactory, port: int) -> IListeningPort:
+        return self._reactor.listenTCP(
+            port, factory, backlog=self.backlog, interface=self.interface
+        )
+
+    def _add_lease(self, port: int, owner: str, listening: IListeningPort, explicit: bool) -> Lease:
+        lease = Lease(
+            port=port,
+            owner=owner,
+            since=self._reactor.seconds(),
+            explicit=explicit,
+            listening_port=listening,
+        )
+        self._leases[port] = lease
+        return lease
