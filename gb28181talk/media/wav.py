@@ -1,0 +1,232 @@
+"""Read WAV files (PCM16, A-law, µ-law) as talk-session audio, and write PCM16 WAV files."""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gb28181talk.errors import WavError
+from gb28181talk.media import g711
+from gb28181talk.media.law import Law
+from gb28181talk.media.resample import SUPPORTED_RATES, to_8k_mono
+
+__all__ = ["ENCODINGS", "WavAudio", "load_8k_mono", "read_wav", "wav_bytes", "write_wav"]
+
+ENCODINGS = ("pcm16", "alaw", "ulaw")
+
+_PCM = 0x0001
+_FLOAT = 0x0003
+_ALAW = 0x0006
+_ULAW = 0x0007
+_EXTENSIBLE = 0xFFFE
+# WAVE_FORMAT_EXTENSIBLE sub-formats are GUIDs: the format tag, then this fixed tail.
+_SUBFORMAT_TAIL = bytes.fromhex("00001000800000aa00389b71")
+_FORMAT_NAMES = {
+    0x0002: "Microsoft ADPCM",
+    0x0011: "IMA ADPCM",
+    0x0031: "GSM 6.10",
+    0x0050: "MPEG audio",
+    0x0055: "MP3",
+    0x00FF: "AAC",
+    0x1610: "AAC",
+}
+_TO_16BIT_PCM = "convert to 16-bit PCM (sox in.wav -b 16 -e signed-integer out.wav)"
+_RATES = ", ".join(str(rate) for rate in SUPPORTED_RATES)
+
+
+@dataclass(frozen=True, slots=True)
+class WavAudio:
+    """The audio of a WAV file, as stored: rate, channels, sample encoding and the samples."""
+
+    sample_rate: int
+    channels: int
+    encoding: str  # "pcm16" (little-endian), "alaw" or "ulaw" (one byte a sample)
+    data: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"encoding {self.encoding!r} is not one of {', '.join(ENCODINGS)}")
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds."""
+        bytes_per_frame = self.channels * (2 if self.encoding == "pcm16" else 1)
+        return len(self.data) / bytes_per_frame / self.sample_rate
+
+    def to_8k_mono_pcm16(self) -> bytes:
+        """The audio as a talk session sends it: G.711 decoded, mixed down, resampled."""
+        pcm16 = (
+            self.data if self.encoding == "pcm16" else g711.decode(Law(self.encoding), self.data)
+        )
+        return to_8k_mono(pcm16, self.sample_rate, self.channels)
+
+
+def read_wav(source: str | os.PathLike[str] | bytes, name: str | None = None) -> WavAudio:
+    """Parse a WAV file, from a path or from its bytes; ``name`` labels errors.
+
+    Raises WavError naming the file (``name``, the path, or "<bytes>") and what is wrong.
+    """
+    if isinstance(source, bytes | bytearray | memoryview):
+        return _parse(bytes(source), name or "<bytes>")
+    label = name or os.fsdecode(source)
+    try:
+        blob = Path(source).read_bytes()
+    except OSError as error:
+        raise WavError(f"{label}: cannot be read: {error.strerror or error}") from error
+    return _parse(blob, label)
+
+
+def load_8k_mono(path: str | os.PathLike[str]) -> bytes:
+    """The 8 kHz mono PCM16 of a WAV file, ready to encode with G.711."""
+    return read_wav(path).to_8k_mono_pcm16()
+
+
+def wav_bytes(pcm16: bytes, sample_rate: int = 8000, channels: int = 1) -> bytes:
+    """A complete PCM16 WAV file holding ``pcm16`` (little-endian, channels interleaved)."""
+    if not 1 <= channels <= 0xFFFF:
+        raise ValueError(f"a WAV file has 1 to 65535 channels, not {channels}")
+    if not 1 <= sample_rate <= 0xFFFFFFFF // (2 * channels):
+        raise ValueError(f"sample rate {sample_rate} Hz cannot be written to a WAV header")
+    frame_bytes = 2 * channels
+    if len(pcm16) % frame_bytes:
+        raise ValueError(
+            f"PCM16 with {channels} channel(s) must be whole frames of {frame_bytes} bytes; "
+            f"got {len(pcm16)} bytes"
+        )
+    if len(pcm16) > 0xFFFFFFFF - 36:
+        raise ValueError(f"{len(pcm16)} bytes of audio do not fit in a WAV file (4 GiB limit)")
+    header = struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        36 + len(pcm16),
+        b"WAVE",
+        b"fmt ",
+        16,
+        _PCM,
+        channels,
+        sample_rate,
+        sample_rate * frame_bytes,
+        frame_bytes,
+        16,
+        b"data",
+        len(pcm16),
+    )
+    return header + bytes(pcm16)
+
+
+def write_wav(
+    path: str | os.PathLike[str], pcm16: bytes, sample_rate: int = 8000, channels: int = 1
+) -> None:
+    """Write ``pcm16`` to ``path`` as a PCM16 WAV file."""
+    Path(path).write_bytes(wav_bytes(pcm16, sample_rate, channels))
+
+
+def _parse(blob: bytes, label: str) -> WavAudio:
+    if len(blob) < 12:
+        raise WavError(
+            f"{label}: {len(blob)} bytes is too short for a WAV file (the RIFF header is 12)"
+        )
+    riff, form = blob[0:4], blob[8:12]
+    if riff == b"RIFX":
+        raise WavError(f"{label}: big-endian (RIFX) WAV is not supported; {_TO_16BIT_PCM}")
+    if riff == b"RF64":
+        raise WavError(f"{label}: RF64 (over 4 GiB) WAV is not supported; {_TO_16BIT_PCM}")
+    if riff != b"RIFF" or form != b"WAVE":
+        raise WavError(
+            f"{label}: not a WAV file: it starts {blob[:12]!r}, not RIFF....WAVE; {_TO_16BIT_PCM}"
+        )
+    fmt, data, cut_in = _find_chunks(blob, label)
+    truncated = f" (the file is cut short inside a {cut_in!r} chunk)" if cut_in else ""
+    if fmt is None:
+        raise WavError(f"{label}: no fmt chunk, so the sample format is unknown{truncated}")
+    if data is None:
+        raise WavError(f"{label}: no data chunk, so there is no audio{truncated}")
+    sample_rate, channels, encoding = _parse_fmt(fmt, label)
+    frame_bytes = channels * (2 if encoding == "pcm16" else 1)
+    # A recording cut short may end mid-frame: keep the whole frames.
+    data = data[: len(data) - len(data) % frame_bytes]
+    return WavAudio(sample_rate, channels, encoding, data)
+
+
+def _find_chunks(blob: bytes, label: str) -> tuple[bytes | None, bytes | None, str]:
+    """The first fmt and data chunk bodies, and the id of a chunk the file ends inside.
+
+    Other chunks (LIST, fact, cue, ...) are skipped.
+    """
+    fmt = data = None
+    cut_in = ""
+    offset = 12
+    while offset + 8 <= len(blob):
+        chunk_id, size = struct.unpack_from("<4sI", blob, offset)
+        start, end = offset + 8, offset + 8 + size
+        if chunk_id == b"fmt " and fmt is None:
+            if end > len(blob):
+                raise WavError(
+                    f"{label}: truncated: the fmt chunk declares {size} bytes but "
+                    f"{len(blob) - start} remain"
+                )
+            fmt = blob[start:end]
+        elif chunk_id == b"data" and data is None:
+            # Some recorders never fix up the size (or write 0xFFFFFFFF): take what is there.
+            data = blob[start:end]
+        elif end > len(blob):
+            cut_in = chunk_id.decode("latin-1")
+        offset = end + (size & 1)  # chunks are padded to an even length
+    return fmt, data, cut_in
+
+
+def _parse_fmt(fmt: bytes, label: str) -> tuple[int, int, str]:
+    """Sample rate, channels and encoding from a fmt chunk, or WavError saying what to do."""
+    if len(fmt) < 16:
+        raise WavError(f"{label}: truncated: the fmt chunk is {len(fmt)} bytes, not at least 16")
+    tag, channels, sample_rate, _byte_rate, _block_align, bits = struct.unpack_from("<HHIIHH", fmt)
+    if tag == _EXTENSIBLE:
+        if len(fmt) < 40:
+            raise WavError(
+                f"{label}: truncated: the WAVE_FORMAT_EXTENSIBLE fmt chunk is {len(fmt)} bytes, "
+                "not 40"
+            )
+        subformat = fmt[24:40]
+        if subformat[4:] != _SUBFORMAT_TAIL:
+            raise WavError(
+                f"{label}: WAVE_FORMAT_EXTENSIBLE sub-format {subformat.hex()} is not supported; "
+                f"{_TO_16BIT_PCM}"
+            )
+        tag = int.from_bytes(subformat[:4], "little")
+    encoding = _encoding(tag, bits, label)
+    if channels == 0:
+        raise WavError(f"{label}: the fmt chunk says 0 channels")
+    if channels > 2:
+        raise WavError(
+            f"{label}: {channels} channels are not supported; "
+            "mix down to mono (sox in.wav -c 1 out.wav)"
+        )
+    if sample_rate not in SUPPORTED_RATES:
+        raise WavError(
+            f"{label}: sample rate {sample_rate} Hz is not supported; use {_RATES} Hz "
+            "(sox in.wav -r 8000 out.wav)"
+        )
+    return sample_rate, channels, encoding
+
+
+def _encoding(tag: int, bits: int, label: str) -> str:
+    if tag == _PCM:
+        if bits == 16:
+            return "pcm16"
+        raise WavError(f"{label}: {bits}-bit PCM is not supported; {_TO_16BIT_PCM}")
+    if tag in (_ALAW, _ULAW):
+        law = "A-law" if tag == _ALAW else "µ-law"
+        if bits == 8:
+            return "alaw" if tag == _ALAW else "ulaw"
+        raise WavError(f"{label}: {bits}-bit {law} is not valid (G.711 samples are 8 bits)")
+    if tag == _FLOAT:
+        raise WavError(
+            f"{label}: {bits}-bit floating-point audio is not supported; {_TO_16BIT_PCM}"
+        )
+    described = f" ({_FORMAT_NAMES[tag]})" if tag in _FORMAT_NAMES else ""
+    raise WavError(
+        f"{label}: audio format 0x{tag:04X}{described} is not supported; use 16-bit PCM, "
+        f"A-law or µ-law: {_TO_16BIT_PCM}"
+    )
