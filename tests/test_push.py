@@ -1,0 +1,393 @@
+"""WebSocket push: real loopback clients push audio into push sources, with flow control."""
+
+from __future__ import annotations
+
+import functools
+import json
+import struct
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.protocols.policies import WrappingFactory
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.websocket import (
+    ConnectionRejected,
+    WebSocketClientEndpoint,
+    WebSocketTransport,
+)
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+from zope.interface.verify import verifyObject
+
+from gb28181talk.interfaces import FRAME_BYTES, IAudioSource
+from gb28181talk.media import g711
+from gb28181talk.media.law import Law
+from gb28181talk.push import PushProtocol, PushResource, PushSource
+from gb28181talk.sources import SourceRegistry, ToneSource
+from tests.test_sources import goertzel_ratio, read_all, tone_pcm, zero_crossing_frequency
+
+
+def async_test(
+    method: Callable[[Any], Coroutine[Any, Any, None]],
+) -> Callable[[Any], Deferred[None]]:
+    """Run an ``async def`` test method as a Deferred, which trial waits for."""
+
+    @functools.wraps(method)
+    def run(self: Any) -> Deferred[None]:
+        return Deferred.fromCoroutine(method(self))
+
+    return run
+
+
+async def sleep(seconds: float) -> None:
+    await deferLater(reactor, seconds)  # type: ignore[arg-type]
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Turn the reactor until ``condition()`` holds."""
+    waited = 0.0
+    while not condition():
+        if waited > timeout:
+            raise AssertionError("condition not met in time")
+        await sleep(0.005)
+        waited += 0.005
+
+
+class PushClient:
+    """A WebSocketProtocol that records text messages and tells when it is gone."""
+
+    def __init__(self) -> None:
+        self.transport: WebSocketTransport | None = None
+        self.texts: list[str] = []
+        self.lost: Deferred[None] = Deferred()
+
+    def negotiationStarted(self, transport: WebSocketTransport) -> None:
+        self.transport = transport
+
+    def negotiationFinished(self) -> None:
+        pass
+
+    def textMessageReceived(self, message: str) -> None:
+        self.texts.append(message)
+
+    def bytesMessageReceived(self, data: bytes | bytearray) -> None:
+        pass
+
+    def pongReceived(self, payload: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost.callback(None)
+
+
+class PushClientFactory:
+    def buildProtocol(self, url: str) -> PushClient:
+        return PushClient()
+
+
+class BodyCollector(Protocol):
+    """Collects an HTTP refusal's body, whatever ends the connection."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.done: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.done.callback(self.data)
+
+
+class RawWebSocket(Protocol):
+    """A bare wsproto client, to see the close code and reason the Twisted client hides."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.events: list[Any] = []
+        self.opened: Deferred[None] = Deferred()
+        self.done: Deferred[list[Any]] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.ws.send(Request(host="127.0.0.1", target=self.path)))
+
+    def dataReceived(self, data: bytes) -> None:
+        self.ws.receive_data(data)
+        for event in self.ws.events():
+            self.events.append(event)
+            if isinstance(event, AcceptConnection | RejectConnection):
+                self.opened.callback(None)
+            elif isinstance(event, CloseConnection):
+                if self.ws.state is not ConnectionState.CLOSED:
+                    self.transport.write(self.ws.send(event.response()))
+                self.transport.loseConnection()
+
+    def send_text(self, text: str) -> None:
+        self.transport.write(self.ws.send(TextMessage(text)))
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.done.callback(self.events)
+
+    def close_event(self) -> CloseConnection:
+        closes = [e for e in self.events if isinstance(e, CloseConnection)]
+        assert closes, self.events
+        return closes[0]
+
+
+class PushResourceTests(unittest.TestCase):
+    """``/api/push/{app}/{stream}`` on a real loopback Site."""
+
+    timeout = 20
+
+    def setUp(self) -> None:
+        self.registry = SourceRegistry()
+        root = Resource()
+        api = Resource()
+        root.putChild(b"api", api)
+        api.putChild(b"push", PushResource(self.registry))
+        self.connections = WrappingFactory(Site(root))
+        self.listener = reactor.listenTCP(  # type: ignore[attr-defined]
+            0, self.connections, interface="127.0.0.1"
+        )
+        self.port = self.listener.getHost().port
+
+    async def _close_everything(self) -> None:
+        self.registry.close_all()
+        await self.listener.stopListening()
+        await until(lambda: not self.connections.protocols)
+
+    def tearDown(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._close_everything())
+
+    def url(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    async def connect(self, path: str) -> PushClient:
+        endpoint = WebSocketClientEndpoint.new(reactor, self.url(path))  # type: ignore[arg-type]
+        return await endpoint.connect(PushClientFactory())
+
+    async def refused(self, path: str) -> tuple[int, dict[str, Any]]:
+        """Connect expecting an HTTP refusal; return its status and JSON body."""
+        try:
+            client = await self.connect(path)
+        except ConnectionRejected as e:
+            collector = BodyCollector()
+            e.response.deliverBody(collector)
+            body = await collector.done
+            assert e.response.headers.getRawHeaders(b"content-type") == [
+                b"application/json; charset=utf-8"
+            ]
+            return e.response.code, json.loads(body)
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        raise AssertionError(f"{path} was accepted")
+
+    async def raw(self, path: str) -> RawWebSocket:
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+        raw = RawWebSocket(path)
+        await connectProtocol(endpoint, raw)
+        await raw.opened
+        return raw
+
+    async def hang_up(self, client: PushClient, source: PushSource) -> None:
+        """Close the client and wait until the source knows its pusher left."""
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        await client.lost
+        await until(lambda: source.pusher is None)
+
+    @async_test
+    async def test_push_16k_pcm16_comes_out_as_8k_frames_of_the_same_tone(self) -> None:
+        source = self.registry.create(
+            {"app": "live", "stream": "mic", "kind": "push", "sample_rate": 16000}
+        )
+        assert verifyObject(IAudioSource, source)
+        client = await self.connect("/api/push/live/mic")
+        await until(lambda: source.pusher is not None)
+        assert source.describe()["pusher"].startswith("127.0.0.1:")
+        pcm = tone_pcm(700, 1.0, rate=16000)
+        for start in range(0, len(pcm), 640):  # 20 ms messages
+            client.transport.sendBytesMessage(pcm[start : start + 640])  # type: ignore[union-attr]
+        await until(lambda: source.describe()["bytes_received"] == len(pcm))
+        await self.hang_up(client, source)
+        frames = read_all(source)
+        assert len(frames) == 50
+        assert all(len(f) == FRAME_BYTES for f in frames)
+        out = b"".join(frames)
+        assert zero_crossing_frequency(out[1600:-1600]) == self.approx(700, 5)
+        assert goertzel_ratio(out[1600:-1600], 700) > 0.95
+        info = source.describe()
+        assert info["messages_received"] == 50 and info["dropped_ms"] == 0
+        assert not source.ended and self.registry.find("live", "mic") is source
+
+    def approx(self, value: float, tolerance: float) -> Any:
+        import pytest
+
+        return pytest.approx(value, abs=tolerance)
+
+    @async_test
+    async def test_alaw_push_is_decoded(self) -> None:
+        source = self.registry.create(
+            {"app": "live", "stream": "a", "kind": "push", "format": "alaw"}
+        )
+        client = await self.connect("/api/push/live/a")
+        pcm = tone_pcm(1000, 0.2)
+        alaw = g711.encode(Law.ALAW, pcm)
+        client.transport.sendBytesMessage(alaw[:333])  # type: ignore[union-attr]
+        client.transport.sendBytesMessage(alaw[333:])  # type: ignore[union-attr]
+        await until(lambda: source.backlog_ms == 200)
+        assert b"".join(read_all(source)) == g711.decode(Law.ALAW, alaw)
+        await self.hang_up(client, source)
+
+    @async_test
+    async def test_unknown_source_is_refused_with_404_json(self) -> None:
+        status, body = await self.refused("/api/push/live/nope")
+        assert status == 404
+        assert body == {
+            "code": -500,
+            "msg": "no source live/nope; create it with POST /api/sources or list them "
+            "with GET /api/sources",
+        }
+        for path in ("/api/push/live", "/api/push/live/nope/extra", "/api/push/"):
+            status, body = await self.refused(path)
+            assert status == 404 and body["code"] == -500, (path, body)
+
+    @async_test
+    async def test_a_source_that_is_not_push_is_refused_with_409(self) -> None:
+        self.registry.add(ToneSource("live", "tone"))
+        status, body = await self.refused("/api/push/live/tone")
+        assert status == 409
+        assert "is a tone source; only push sources" in body["msg"]
+
+    @async_test
+    async def test_text_message_is_refused_with_a_close_code(self) -> None:
+        source = self.registry.create({"app": "live", "stream": "t", "kind": "push"})
+        client = await self.connect("/api/push/live/t")
+        client.transport.sendTextMessage("hello")  # type: ignore[union-attr]
+        await client.lost
+        assert json.loads(client.texts[0])["msg"].startswith("text messages are not audio")
+        await until(lambda: source.pusher is None)
+        raw = await self.raw("/api/push/live/t")
+        raw.send_text("hello")
+        await raw.done
+        close = raw.close_event()
+        assert close.code == 1003
+        assert close.reason == "text messages are not audio; send binary pcm16 messages"
+        assert not source.ended
+
+    @async_test
+    async def test_second_pusher_is_refused_and_the_first_keeps_pushing(self) -> None:
+        source = self.registry.create({"app": "live", "stream": "one", "kind": "push"})
+        first = await self.connect("/api/push/live/one")
+        await until(lambda: source.pusher is not None)
+        status, body = await self.refused("/api/push/live/one")
+        assert status == 409
+        assert "already has a pusher (127.0.0.1:" in body["msg"]
+        first.transport.sendBytesMessage(bytes(FRAME_BYTES * 3))  # type: ignore[union-attr]
+        await until(lambda: source.backlog_ms == 60)
+        await self.hang_up(first, source)
+
+    @async_test
+    async def test_hanging_up_leaves_the_source_for_the_next_pusher(self) -> None:
+        source = self.registry.create({"app": "live", "stream": "relay", "kind": "push"})
+        first = await self.connect("/api/push/live/relay")
+        first.transport.sendBytesMessage(b"\x01\x00" * 160)  # type: ignore[union-attr]
+        await until(lambda: source.backlog_ms == 20)
+        await self.hang_up(first, source)
+        assert self.registry.find("live", "relay") is source and not source.ended
+        second = await self.connect("/api/push/live/relay")
+        second.transport.sendBytesMessage(b"\x02\x00" * 320)  # type: ignore[union-attr]
+        await until(lambda: source.backlog_ms == 60)
+        assert read_all(source) == [b"\x01\x00" * 160, b"\x02\x00" * 160, b"\x02\x00" * 160]
+        assert source.describe()["pushers_total"] == 2
+        await self.hang_up(second, source)
+
+    @async_test
+    async def test_deleting_the_source_disconnects_its_pusher(self) -> None:
+        source = self.registry.create({"app": "live", "stream": "gone", "kind": "push"})
+        raw = await self.raw("/api/push/live/gone")
+        await until(lambda: source.pusher is not None)
+        self.registry.remove("live", "gone")
+        await raw.done
+        assert raw.close_event().code == 1001
+        assert source.ended
+
+    @async_test
+    async def test_a_fast_pusher_is_slowed_not_dropped(self) -> None:
+        source = self.registry.create(
+            {"app": "live", "stream": "file", "kind": "push", "max_backlog_ms": 200}
+        )
+        client = await self.connect("/api/push/live/file")
+        # 20 s of audio whose every sample says where it is, sent at once in 50 ms messages.
+        pcm = struct.pack("<160000h", *(n % 32000 for n in range(160000)))
+        for start in range(0, len(pcm), 800):
+            client.transport.sendBytesMessage(pcm[start : start + 800])  # type: ignore[union-attr]
+        await until(lambda: source.paused)
+        await sleep(0.05)
+        info = source.describe()
+        assert info["paused"] and info["dropped_ms"] == 0
+        assert info["received_ms"] < 10_000, "reading did not stop"
+        frames: list[bytes] = []
+        while len(frames) < 1000:
+            frame = source.read_frame()
+            if frame is None:
+                await sleep(0.002)
+            else:
+                frames.append(frame)
+        assert b"".join(frames) == pcm
+        info = source.describe()
+        assert info["dropped_ms"] == 0 and info["pauses"] >= 2
+        await self.hang_up(client, source)
+
+
+class FakeWebSocket:
+    """Records what a PushProtocol sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def sendTextMessage(self, text: str) -> None:
+        self.sent.append(("text", text))
+
+    def loseConnection(self, code: int = 1000, reason: str = "") -> None:
+        self.sent.append(("close", code, reason))
+
+
+def test_a_pusher_that_loses_the_race_is_closed_with_1008() -> None:
+    source = PushSource("live", "race")
+    assert source.claim(object())
+    late = PushProtocol(source, "10.0.0.9:5000")
+    socket = FakeWebSocket()
+    late.negotiationStarted(socket)  # type: ignore[arg-type]
+    late.negotiationFinished()
+    assert socket.sent[0][0] == "text"
+    assert json.loads(socket.sent[0][1])["code"] == -500
+    assert socket.sent[1][:2] == ("close", 1008)
+    assert "already has a pusher" in socket.sent[1][2]
+    late.bytesMessageReceived(b"\x00" * 320)
+    assert source.backlog_ms == 0
+
+
+def test_push_source_keeps_partial_samples_between_messages() -> None:
+    source = PushSource("live", "s", sample_rate=8000, channels=2, prefill_ms=0)
+    stereo = struct.pack("<4h", 100, 300, -100, -300) * 80  # 160 stereo frames
+    source.push_bytes(stereo[:3])
+    source.push_bytes(stereo[3:])
+    source.end_of_push()
+    assert source.read_frame() == struct.pack("<2h", 200, -200) * 80
+    info = source.describe()
+    assert (info["channels"], info["format"], info["pusher"]) == (2, "pcm16", None)
