@@ -1,0 +1,1 @@
+"""The HTTP API: ZLMediaKit-compatible ``/index/api/*``, native JSON ``/api/*``, ``/metrics``."""

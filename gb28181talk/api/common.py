@@ -1,0 +1,304 @@
+"""What every API resource shares: request arguments, the secret, JSON replies, errors.
+
+A handler returns a dict (the reply, ``code`` 0 added) or raises
+:class:`ApiError`; anything else it raises becomes ``{"code": -1}`` with
+the failure logged.  No request ever gets an HTML page or a traceback.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from gb28181talk.api import codes
+
+log = Logger()
+
+MAX_BODY_BYTES = 1024 * 1024
+"""Largest request body read; API bodies are a few hundred bytes."""
+
+_STATUS_BY_CODE = {
+    codes.AUTH_FAILED: 401,
+    codes.INVALID_ARGS: 400,
+    codes.EXCEPTION: 409,
+    codes.NOT_FOUND: 404,
+    codes.OTHER_FAILED: 500,
+}
+
+
+class ApiError(Exception):
+    """A refusal the caller can act on: a ZLMediaKit-style ``code``, a message, an HTTP status."""
+
+    def __init__(self, code: int, msg: str, status: int | None = None) -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+        self.status = status if status is not None else _STATUS_BY_CODE.get(code, 500)
+
+
+def not_found(path: str, hint: str) -> ApiError:
+    """The 404 for a path nothing answers at."""
+    return ApiError(codes.NOT_FOUND, f"nothing at {path}; {hint}", 404)
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+class RequestArgs:
+    """A request's arguments: query string, form or JSON body, and a bearer token.
+
+    Parsed lazily, so the secret can be checked before a body is looked at.
+    """
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._query: dict[str, str] | None = None
+        self._body: dict[str, Any] | None = None
+        self._body_error: ApiError | None = None
+
+    @property
+    def path(self) -> str:
+        return self._request.path.decode("utf-8", "replace")
+
+    @property
+    def query(self) -> dict[str, str]:
+        """Query-string arguments (the last of repeated names wins)."""
+        if self._query is None:
+            raw = urlsplit(self._request.uri.decode("latin-1")).query
+            self._query = dict(parse_qsl(raw, keep_blank_values=True, encoding="utf-8",
+                                         errors="replace"))
+        return self._query
+
+    @property
+    def bearer(self) -> str | None:
+        """The token of an ``Authorization: Bearer`` header, if any."""
+        header = self._request.getHeader(b"authorization")
+        if header is None:
+            return None
+        text = header.decode("latin-1") if isinstance(header, bytes) else header
+        scheme, _, token = text.strip().partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+    def body(self) -> dict[str, Any]:
+        """The body as a dict: a JSON object or a form (values as sent); {} when empty.
+
+        Raises ApiError (-300) for a body that is neither, or too big.
+        """
+        if self._body_error is not None:
+            raise self._body_error
+        if self._body is None:
+            try:
+                self._body = self._parse_body()
+            except ApiError as error:
+                self._body_error = error
+                raise
+        return self._body
+
+    def _parse_body(self) -> dict[str, Any]:
+        content = self._request.content
+        if content is None:
+            return {}
+        content.seek(0)
+        data = content.read(MAX_BODY_BYTES + 1)
+        if len(data) > MAX_BODY_BYTES:
+            raise ApiError(
+                codes.INVALID_ARGS, f"the request body is over {MAX_BODY_BYTES} bytes", 413
+            )
+        if not data.strip():
+            return {}
+        kind = (self._request.getHeader(b"content-type") or b"")
+        kind_text = (kind.decode("latin-1") if isinstance(kind, bytes) else kind).lower()
+        looks_like_json = data.lstrip()[:1] in (b"{", b"[")
+        if kind_text.startswith("application/x-www-form-urlencoded") and not looks_like_json:
+            text = data.decode("utf-8", "replace")
+            return dict(parse_qsl(text, keep_blank_values=True))
+        try:
+            value = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ApiError(
+                codes.INVALID_ARGS,
+                f"the request body is not valid JSON ({error}); send a JSON object, or a "
+                "form with Content-Type application/x-www-form-urlencoded",
+            ) from None
+        if not isinstance(value, dict):
+            raise ApiError(
+                codes.INVALID_ARGS,
+                f"the request body must be a JSON object, not a JSON {type(value).__name__}",
+            )
+        return value
+
+
+def zlm_value(name: str, value: Any) -> str:
+    """A JSON value as the string ZLMediaKit would read it (numbers and booleans as text)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, str):
+        return value
+    raise ApiError(
+        codes.INVALID_ARGS,
+        f"parameter {name} must be a string or a number, not a JSON {type(value).__name__}",
+    )
+
+
+def zlm_args(args: RequestArgs) -> dict[str, str]:
+    """ZLMediaKit's view of the arguments: the body, the query string over it; names lower-cased."""
+    merged: dict[str, str] = {}
+    for name, value in args.body().items():
+        merged[str(name).lower()] = zlm_value(str(name), value)
+    for name, value in args.query.items():
+        merged[name.lower()] = value
+    return merged
+
+
+# --------------------------------------------------------------------------- the secret
+
+
+class Authenticator:
+    """Checks the API secret: a ``secret`` argument (query, form, JSON) or a bearer token."""
+
+    def __init__(self, secret: str | None) -> None:
+        self.secret = secret
+
+    def check(self, args: RequestArgs, body_secret: Callable[[], Any] | None = None) -> None:
+        """Raise ApiError (-100) unless the request carries the secret (when one is set)."""
+        if self.secret is None:
+            return
+        offered = args.bearer or args.query.get("secret")
+        if offered is None and body_secret is not None:
+            try:
+                offered = body_secret()
+            except ApiError:
+                offered = None
+        if offered is None or offered == "":
+            raise ApiError(
+                codes.AUTH_FAILED,
+                "this API needs the secret: add secret=... to the request or send "
+                "'Authorization: Bearer ...'",
+            )
+        if not isinstance(offered, str) or not hmac.compare_digest(
+            offered.encode("utf-8"), self.secret.encode("utf-8")
+        ):
+            raise ApiError(codes.AUTH_FAILED, "incorrect secret")
+
+
+# --------------------------------------------------------------------------- replies
+
+
+def write_json(request: Request, status: int, reply: Mapping[str, Any]) -> bytes:
+    """Set the status and content type; return the UTF-8 JSON body."""
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(reply, ensure_ascii=False).encode("utf-8")
+
+
+def error_body(request: Request, error: ApiError, http_errors: bool) -> bytes:
+    """The JSON reply of a refusal (HTTP 200 for ZLMediaKit's API, which always answers 200)."""
+    return write_json(
+        request, error.status if http_errors else 200, {"code": error.code, "msg": error.msg}
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TextReply:
+    """A handler's reply that is not JSON (the metrics page)."""
+
+    text: str
+    content_type: str
+
+
+class JsonResource(Resource):
+    """A resource answering JSON: ``on_GET``/``on_POST``/... handlers, auth, error mapping.
+
+    ``http_errors`` False answers every refusal with HTTP 200 and the code in
+    the body (ZLMediaKit's way); True uses HTTP statuses too (the native API).
+    ``public`` resources skip the secret.
+    """
+
+    http_errors = True
+    public = False
+    accept_any_method = False
+    hint = "see README.rst, section HTTP API"
+
+    def __init__(self, auth: Authenticator) -> None:
+        super().__init__()
+        self.auth = auth
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if path == b"" and not request.postpath:
+            return self
+        return NotFoundResource(self.auth, self.http_errors, self.hint)
+
+    def render(self, request: Request) -> bytes:
+        args = RequestArgs(request)
+        method = request.method.decode("ascii", "replace").upper()
+        try:
+            handler = self._handler(method, args)
+            if not self.public:
+                self.check_secret(args)
+            reply = handler(request, args)
+        except ApiError as error:
+            return error_body(request, error, self.http_errors)
+        except Exception:
+            log.failure("API request {method} {path} failed", method=method, path=args.path)
+            return error_body(
+                request,
+                ApiError(codes.OTHER_FAILED, "internal error; the service log has the details",
+                         500),
+                self.http_errors,
+            )
+        if isinstance(reply, TextReply):
+            request.setResponseCode(200)
+            request.setHeader(b"content-type", reply.content_type.encode("ascii"))
+            return reply.text.encode("utf-8")
+        return write_json(request, 200, {"code": codes.SUCCESS, **reply})
+
+    def check_secret(self, args: RequestArgs) -> None:
+        """Native default: secret in the query, a bearer token, or the body's ``secret``."""
+        self.auth.check(args, lambda: args.body().get("secret"))
+
+    def _handler(self, method: str, args: RequestArgs) -> Callable[[Request, RequestArgs], Any]:
+        if self.accept_any_method:
+            return self.on_ANY  # type: ignore[attr-defined, no-any-return]
+        if method == "HEAD":
+            method = "GET"
+        handler = getattr(self, f"on_{method}", None)
+        if handler is None:
+            allowed = sorted(name[3:] for name in dir(self) if name.startswith("on_"))
+            raise ApiError(
+                codes.INVALID_ARGS,
+                f"{method} is not allowed on {args.path}; use {' or '.join(allowed)}",
+                405,
+            )
+        return handler  # type: ignore[no-any-return]
+
+
+class NotFoundResource(JsonResource):
+    """A JSON 404 for any method at any path below it."""
+
+    isLeaf = True
+    public = True
+    accept_any_method = True
+
+    def __init__(self, auth: Authenticator, http_errors: bool = True, hint: str = "") -> None:
+        super().__init__(auth)
+        self.http_errors = http_errors
+        self.hint = hint or JsonResource.hint
+
+    def render(self, request: Request) -> bytes:
+        args = RequestArgs(request)
+        return error_body(request, not_found(args.path, self.hint), True)

@@ -1,0 +1,179 @@
+"""Starts talk sessions for the APIs: finds the source, wires device audio and recordings.
+
+Both APIs go through :class:`TalkControl`, so a session started by
+ZLMediaKit's ``startSendRtpPassive`` and one started by ``POST /api/sessions``
+behave alike: same idempotence, same two-way wiring, same error codes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from gb28181talk.api import codes
+from gb28181talk.api.common import ApiError
+from gb28181talk.api.start import StartRequest
+from gb28181talk.errors import PoolExhaustedError, PortInUseError, SessionError, SourceError
+from gb28181talk.interfaces import IAudioSink, ISessionObserver
+from gb28181talk.manager import SessionManager
+from gb28181talk.params import SessionState
+from gb28181talk.recorder import WavRecorder, recording_path
+from gb28181talk.session import TalkSession
+from gb28181talk.sources import DeviceAudioSource, SourceRegistry
+
+log = Logger()
+
+
+@implementer(ISessionObserver)
+class TalkControl:
+    """The API's side of the session manager: start with wiring, forget the wiring at the end.
+
+    In two-way talk the device's voice becomes the source ``app/recv_stream_id``
+    (a :class:`DeviceAudioSource` the session feeds), removed from the registry
+    when the session ends; with ``record_dir`` it is also written to a WAV file.
+    """
+
+    def __init__(
+        self,
+        clock: Any,
+        manager: SessionManager,
+        registry: SourceRegistry,
+        *,
+        record_dir: str | None = None,
+        advertise_ip: str | None = None,
+    ) -> None:
+        self.clock = clock
+        self.manager = manager
+        self.registry = registry
+        self.record_dir = record_dir
+        self.advertise_ip = advertise_ip
+        self._device_sources: dict[str, DeviceAudioSource] = {}
+        self._recorders: dict[str, WavRecorder] = {}
+        manager.add_observer(self)
+
+    # -- starting
+
+    def source(self, app: str, stream: str) -> Any:
+        """The playable source app/stream, or ApiError -500 saying how to make one."""
+        source = self.registry.find(app, stream)
+        if source is None:
+            raise ApiError(
+                codes.NOT_FOUND,
+                f"can not find the source stream {app}/{stream}: create it with "
+                "POST /api/sources or list them with GET /api/sources",
+            )
+        if source.ended:
+            raise ApiError(
+                codes.NOT_FOUND,
+                f"the source stream {app}/{stream} has ended; delete it and create it again "
+                "(or create file sources with loop=true)",
+            )
+        return source
+
+    def start(self, request: StartRequest) -> TalkSession:
+        """Start a session (or return the live one with the same key); ApiError on refusal."""
+        params = request.params
+        key = params.key
+        if self.manager.shutting_down:
+            raise ApiError(codes.OTHER_FAILED, "the service is shutting down", 503)
+        existing = self.manager.find(key)
+        if existing is not None and existing.state is not SessionState.CLOSED:
+            if not request.replace:
+                return existing
+            self.manager.stop(existing.id)
+        source = self.source(key.app, key.stream)
+        device: DeviceAudioSource | None = None
+        if request.recv_stream_id is not None:
+            taken = self.registry.find(key.app, request.recv_stream_id)
+            if taken is not None and not taken.ended:
+                raise ApiError(
+                    codes.INVALID_ARGS,
+                    f"recv_stream_id {request.recv_stream_id!r} names the existing source "
+                    f"{key.app}/{request.recv_stream_id}; pick another name for the device's "
+                    "audio",
+                    409,
+                )
+            device = DeviceAudioSource(key.app, request.recv_stream_id)
+        recorder = self._recorder(request) if params.receive else None
+        sinks: list[IAudioSink] = [sink for sink in (device, recorder) if sink is not None]
+        try:
+            session = self.manager.start(params, source, sinks=sinks)
+        except PortInUseError as error:
+            self._discard(recorder)
+            raise ApiError(codes.EXCEPTION, str(error), 409) from None
+        except PoolExhaustedError as error:
+            self._discard(recorder)
+            raise ApiError(codes.EXCEPTION, str(error), 503) from None
+        except SessionError as error:
+            self._discard(recorder)
+            raise ApiError(codes.INVALID_ARGS, str(error)) from None
+        if device is not None:
+            try:
+                self.registry.add(device)
+            except SourceError as error:  # lost a race for the name: the session stays one-way
+                log.warn("talk session {id}: device audio not published: {error}",
+                         id=session.id, error=str(error))
+            else:
+                self._device_sources[session.id] = device
+        if recorder is not None:
+            self._recorders[session.id] = recorder
+        return session
+
+    def _recorder(self, request: StartRequest) -> WavRecorder | None:
+        if self.record_dir is None:
+            return None
+        key = request.params.key
+        path = recording_path(
+            self.record_dir, key.app, request.recv_stream_id or key.stream, key.ssrc,
+            self.clock.seconds(),
+        )
+        try:
+            return WavRecorder(path)
+        except OSError as error:
+            raise ApiError(
+                codes.OTHER_FAILED,
+                f"cannot record the device's audio to {path}: {error.strerror or error}; "
+                "check --record-dir",
+                500,
+            ) from None
+
+    @staticmethod
+    def _discard(recorder: WavRecorder | None) -> None:
+        if recorder is not None:
+            recorder.audio_ended()
+            with contextlib.suppress(OSError):
+                os.remove(recorder.path)
+
+    # -- views
+
+    def describe(self, session: TalkSession) -> dict[str, Any]:
+        """The session's JSON view plus the API's wiring (device source, recording, address)."""
+        view = session.describe()
+        view["local_ip"] = self.advertise_ip
+        device = self._device_sources.get(session.id)
+        view["recv_stream_id"] = device.stream if device is not None else None
+        recorder = self._recorders.get(session.id)
+        view["recording"] = recorder.describe() if recorder is not None else None
+        return view
+
+    # -- ISessionObserver
+
+    def session_started(self, session: Any) -> None:
+        """Nothing to do."""
+
+    def session_connected(self, session: Any, peer: tuple[str, int]) -> None:
+        """Nothing to do."""
+
+    def device_refused(self, session: Any, peer: tuple[str, int], why: str) -> None:
+        """Nothing to do."""
+
+    def session_ended(self, session: Any, reason: str, stats: Any) -> None:
+        """Unpublish the device's audio source; the recorder closed itself as a sink."""
+        self._recorders.pop(session.id, None)
+        device = self._device_sources.pop(session.id, None)
+        if device is not None and self.registry.find(device.app, device.stream) is device:
+            self.registry.remove(device.app, device.stream)

@@ -1,0 +1,98 @@
+"""The HTTP tree: ``/index/api`` (ZLMediaKit), ``/api`` (native), ``/metrics``; JSON 404s."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from gb28181talk import __version__
+from gb28181talk.api.common import (
+    Authenticator,
+    JsonResource,
+    NotFoundResource,
+    RequestArgs,
+    TextReply,
+)
+from gb28181talk.api.control import TalkControl
+from gb28181talk.api.native import NativeApi
+from gb28181talk.api.zlm import ZlmApi
+from gb28181talk.metrics import CONTENT_TYPE, Metrics
+from gb28181talk.push import PushResource
+
+_HINT = "the API lives under /index/api/ (ZLMediaKit), /api/ (native) and /metrics"
+
+
+class MetricsResource(JsonResource):
+    """``/metrics``: the Prometheus text page (the secret, when set, as for the API)."""
+
+    isLeaf = True
+
+    def __init__(self, auth: Authenticator, metrics: Metrics) -> None:
+        super().__init__(auth)
+        self.metrics = metrics
+
+    def on_GET(self, request: Request, args: RequestArgs) -> TextReply:
+        return TextReply(self.metrics.render(), CONTENT_TYPE)
+
+    def check_secret(self, args: RequestArgs) -> None:
+        self.auth.check(args)
+
+
+class RootResource(JsonResource):
+    """``/``: a short JSON index; every unknown path a JSON 404."""
+
+    public = True
+
+    def __init__(self, auth: Authenticator) -> None:
+        super().__init__(auth)
+        self.hint = _HINT
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if path == b"" and not request.postpath:
+            return self
+        return NotFoundResource(self.auth, True, _HINT)
+
+    def on_GET(self, request: Request, args: RequestArgs) -> dict[str, Any]:
+        return {"service": "gb28181talk", "version": __version__,
+                "api": ["/index/api/", "/api/", "/metrics"]}
+
+
+def build_root(
+    auth: Authenticator, control: TalkControl, metrics: Metrics, reactor: Any,
+    wait_timeout: float,
+) -> Resource:
+    """The whole resource tree of the service."""
+    root = RootResource(auth)
+    index = Resource()
+    index.putChild(b"api", ZlmApi(auth, control, wait_timeout))
+    root.putChild(b"index", _Branch(auth, index))
+    root.putChild(b"api", NativeApi(auth, control, reactor, wait_timeout,
+                                    push=PushResource(control.registry)))
+    root.putChild(b"metrics", MetricsResource(auth, metrics))
+    return root
+
+
+class _Branch(Resource):
+    """A plain directory whose unknown children are JSON 404s."""
+
+    def __init__(self, auth: Authenticator, inner: Resource) -> None:
+        super().__init__()
+        self.auth = auth
+        self.inner = inner
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
+        if path in self.inner.children:
+            return self.inner.children[path]
+        return NotFoundResource(self.auth, True, _HINT)
+
+    def render(self, request: Request) -> bytes:
+        return NotFoundResource(self.auth, True, _HINT).render(request)
+
+
+def build_site(root: Resource) -> Site:
+    """A Site for the tree, quiet about each connection."""
+    site = Site(root)
+    site.noisy = False
+    return site

@@ -1,0 +1,287 @@
+"""The service's settings: embedded defaults, then a TOML file, then the command line; checked once.
+
+Every option can be given on the command line (``--wait-timeout 3``) or in
+the TOML file named by ``--config`` (``wait-timeout = 3``, or
+``wait_timeout = 3``); the command line wins.  Every problem is a
+:class:`ConfigError` whose message fits on one line and says what to do.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from gb28181talk.errors import GbTalkError, PortError
+from gb28181talk.ports import DEFAULT_PORT_RANGE, parse_port_range
+
+DEFAULT_API = "tcp:8080:interface=127.0.0.1"
+DEFAULT_WAIT_TIMEOUT = 5.0
+MAX_WAIT_TIMEOUT = 3600.0
+DEFAULT_SERVER_ID = "gbtalk"
+
+OPTION_NAMES = (
+    "api",
+    "port-range",
+    "media-interface",
+    "advertise-ip",
+    "wait-timeout",
+    "secret",
+    "hook-url",
+    "record-dir",
+    "media-dir",
+    "server-id",
+)
+"""Options readable from the command line and the TOML file, in help order."""
+
+
+class ConfigError(GbTalkError):
+    """A setting that cannot be used; the message is one line naming the setting and the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """The settings ``twistd gbtalk`` runs with, all checked."""
+
+    api: str = DEFAULT_API
+    port_range: tuple[int, int] = DEFAULT_PORT_RANGE
+    media_interface: str = ""
+    advertise_ip: str | None = None
+    wait_timeout: float = DEFAULT_WAIT_TIMEOUT
+    secret: str | None = None
+    hook_url: str | None = None
+    record_dir: str | None = None
+    media_dir: str | None = None
+    server_id: str = DEFAULT_SERVER_ID
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    """Read a TOML config file into option-name keys (``port_range`` becomes ``port-range``)."""
+    try:
+        with open(path, "rb") as config_file:
+            document = tomllib.load(config_file)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot read config file {path!r}: {error.strerror or error}"
+        ) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path!r} is not valid TOML: {error}") from None
+    values: dict[str, Any] = {}
+    for key, value in document.items():
+        name = key.replace("_", "-")
+        if name not in OPTION_NAMES:
+            raise ConfigError(
+                f"config file {path!r}: unknown setting {key!r}; "
+                f"known: {', '.join(OPTION_NAMES)}"
+            )
+        values[name] = value
+    return values
+
+
+def build_config(
+    command_line: Mapping[str, Any], file_values: Mapping[str, Any] | None = None
+) -> ServiceConfig:
+    """Merge defaults < file < command line (None = not given) and check every value."""
+    file_values = file_values or {}
+    merged: dict[str, Any] = {}
+    for name in OPTION_NAMES:
+        given = command_line.get(name)
+        if given is None:
+            given = file_values.get(name)
+        if given is not None:
+            merged[name] = given
+    secret = _optional_text(merged, "secret")
+    api = _text(merged, "api", DEFAULT_API)
+    if secret is None and not endpoint_is_local(api):
+        raise ConfigError(
+            f"the API endpoint {api!r} is reachable beyond this host; give --secret TOKEN "
+            "(or bind it to 127.0.0.1 / ::1)"
+        )
+    return ServiceConfig(
+        api=api,
+        port_range=_port_range(merged.get("port-range")),
+        media_interface=_address(merged, "media-interface", allow_empty=True) or "",
+        advertise_ip=_address(merged, "advertise-ip", allow_empty=False),
+        wait_timeout=_wait_timeout(merged.get("wait-timeout")),
+        secret=secret,
+        hook_url=_hook_url(merged.get("hook-url")),
+        record_dir=_directory(merged, "record-dir", writable=True),
+        media_dir=_directory(merged, "media-dir", writable=False),
+        server_id=_text(merged, "server-id", DEFAULT_SERVER_ID),
+    )
+
+
+# --------------------------------------------------------------------------- endpoint strings
+
+
+def split_endpoint(description: str) -> tuple[list[str], dict[str, str]]:
+    """Split a Twisted endpoint string into positional and keyword parts (``\\`` escapes)."""
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    parts: list[str] = []
+    current = ""
+    characters = iter(description)
+    for character in characters:
+        if character == "\\":
+            current += next(characters, "")
+        elif character == ":":
+            parts.append(current)
+            current = ""
+            _store(parts, args, kwargs)
+            parts = []
+        elif character == "=" and not parts:
+            parts.append(current)
+            current = ""
+        else:
+            current += character
+    parts.append(current)
+    _store(parts, args, kwargs)
+    return args, kwargs
+
+
+def _store(parts: list[str], args: list[str], kwargs: dict[str, str]) -> None:
+    if len(parts) == 1:
+        args.append(parts[0])
+    else:
+        kwargs[parts[0]] = parts[1]
+
+
+def endpoint_is_local(description: str) -> bool:
+    """Whether a server endpoint string can only be reached from this host.
+
+    TCP and SSL endpoints are local when their ``interface`` is a loopback
+    address (or ``localhost``); UNIX sockets always are; anything else is
+    taken as reachable from the network.
+    """
+    args, kwargs = split_endpoint(description.strip())
+    kind = args[0].lower() if args else ""
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return False
+    interface = kwargs.get("interface")
+    if interface is None and kind in ("tcp", "tcp6") and len(args) > 2:
+        interface = args[2]
+    return is_loopback(interface or "")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+# --------------------------------------------------------------------------- single settings
+
+
+def _text(values: Mapping[str, Any], name: str, default: str) -> str:
+    value = values.get(name, default)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"--{name} must be a non-empty string, not {value!r}")
+    return value.strip()
+
+
+def _optional_text(values: Mapping[str, Any], name: str) -> str | None:
+    value = values.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"--{name} must be a non-empty string, not {value!r}")
+    return value.strip()
+
+
+def _port_range(value: Any) -> tuple[int, int]:
+    if value is None:
+        return DEFAULT_PORT_RANGE
+    try:
+        if isinstance(value, list) and len(value) == 2 and all(
+            isinstance(port, int) and not isinstance(port, bool) for port in value
+        ):
+            return parse_port_range(f"{value[0]}-{value[1]}")
+        if isinstance(value, str):
+            return parse_port_range(value)
+    except PortError as error:
+        raise ConfigError(f"--port-range: {error}") from None
+    raise ConfigError(f"--port-range must be LO-HI, e.g. 30000-35000, not {value!r}")
+
+
+def _address(values: Mapping[str, Any], name: str, allow_empty: bool) -> str | None:
+    value = values.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"--{name} must be an IP address, not {value!r}")
+    text = value.strip().strip("[]")
+    if not text:
+        if allow_empty:
+            return ""
+        raise ConfigError(f"--{name} must be an IP address, e.g. 192.0.2.10")
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        extra = " (or empty for all interfaces)" if allow_empty else ""
+        raise ConfigError(
+            f"--{name} {value!r} is not an IP address; give one like 192.0.2.10{extra}"
+        ) from None
+
+
+def _wait_timeout(value: Any) -> float:
+    if value is None:
+        return DEFAULT_WAIT_TIMEOUT
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"--wait-timeout must be a number of seconds, e.g. 5, not {value!r}"
+        ) from None
+    if not math.isfinite(seconds) or not 0 < seconds <= MAX_WAIT_TIMEOUT:
+        raise ConfigError(
+            f"--wait-timeout {value!r} is out of range; use more than 0 and at most "
+            f"{MAX_WAIT_TIMEOUT:g} seconds"
+        )
+    return seconds
+
+
+def _hook_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"--hook-url must be an http(s) URL, not {value!r}")
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"--hook-url {value!r} is not an http:// or https:// URL with a host, "
+            "e.g. http://127.0.0.1:18080/index/hook"
+        )
+    return value.strip().rstrip("/")
+
+
+def _directory(values: Mapping[str, Any], name: str, writable: bool) -> str | None:
+    value = values.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"--{name} must be a directory path, not {value!r}")
+    path = os.path.abspath(os.path.expanduser(value.strip()))
+    if not os.path.isdir(path):
+        raise ConfigError(f"--{name} {value!r} is not an existing directory; create it first")
+    mode = os.W_OK | os.X_OK if writable else os.R_OK | os.X_OK
+    if not os.access(path, mode):
+        what = "writable" if writable else "readable"
+        raise ConfigError(f"--{name} {value!r} is not {what} by this user")
+    return path

@@ -1,0 +1,242 @@
+"""Webhooks: ``on_send_rtp_stopped`` POSTed as JSON for every talk session that ends.
+
+The URL is ``<hook-url>/on_send_rtp_stopped``, the layout wvp-GB28181-pro
+configures (a base URL plus the hook's name).  The body has ZLMediaKit's
+fields (``mediaServerId``, ``hook_index``, ``vhost``, ``app``, ``stream``,
+``params``, ``ssrc``, ``originType``, ``originTypeStr``, ``originUrl``,
+``msg``, ``err``) plus ours: ``reason``, ``session_id``, ``local_port``,
+``peer`` and ``stats``.  Unlike ZLMediaKit it fires for every ending,
+``stopSendRtp`` and shutdown included.
+
+Delivery never blocks media: the POST runs on its own, with a timeout, and
+is retried with exponential back-off on a network error or a non-2xx
+status; a receiver that stays down costs a log line per hook, nothing more.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
+
+from gb28181talk.api import codes
+from gb28181talk.interfaces import ISessionObserver
+
+log = Logger()
+
+HOOK_NAME = "on_send_rtp_stopped"
+
+
+@implementer(IBodyProducer)
+class _JsonBody:
+    """A request body already in memory."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self.data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _BodyDrain(Protocol):
+    """Reads a reply's body to its end (its content does not matter to us)."""
+
+    def __init__(self) -> None:
+        self.done: Deferred[None] = Deferred(lambda _: self._abort())
+
+    def _abort(self) -> None:
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone):
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)
+
+
+def hook_body(session: Any, reason: str, stats: Any, server_id: str, index: int) -> dict[str, Any]:
+    """The ``on_send_rtp_stopped`` JSON for one ended session."""
+    key = session.key
+    origin, origin_name = codes.origin_type(getattr(session.source, "kind", ""))
+    peer = session.peer
+    return {
+        "mediaServerId": server_id,
+        "hook_index": index,
+        "vhost": key.vhost,
+        "app": key.app,
+        "stream": key.stream,
+        "params": "",
+        "ssrc": f"{key.ssrc:010d}",
+        "originType": origin,
+        "originTypeStr": origin_name,
+        "originUrl": "",
+        "msg": session.end_detail or reason,
+        "err": codes.SOCKET_ERRORS.get(reason, -1),
+        "reason": reason,
+        "session_id": session.id,
+        "local_port": session.port,
+        "peer": f"{peer[0]}:{peer[1]}" if peer else None,
+        "stats": stats.as_dict(),
+    }
+
+
+@implementer(ISessionObserver)
+class HookDeliverer:
+    """Posts ``on_send_rtp_stopped`` for every ended session; retries, never blocks.
+
+    ``retries`` more attempts follow a failed one, ``backoff`` seconds after
+    the first failure, doubling each time.  At most ``max_pending``
+    deliveries are in flight; beyond that new hooks are dropped and counted.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        base_url: str,
+        *,
+        server_id: str = "gbtalk",
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 1.0,
+        max_pending: int = 1000,
+        agent: Any = None,
+    ) -> None:
+        self._reactor = reactor
+        self.url = base_url.rstrip("/") + "/" + HOOK_NAME
+        self.server_id = server_id
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_pending = max_pending
+        self._agent = agent or Agent(
+            reactor, connectTimeout=timeout, pool=HTTPConnectionPool(reactor, persistent=False)
+        )
+        self._index = 0
+        self._pending: set[Deferred[bool]] = set()
+        self.delivered = 0
+        self.failed = 0
+        self.dropped = 0
+
+    @property
+    def pending(self) -> int:
+        """Deliveries in flight (including those waiting to retry)."""
+        return len(self._pending)
+
+    # -- ISessionObserver
+
+    def session_started(self, session: Any) -> None:
+        """Nothing to report."""
+
+    def session_connected(self, session: Any, peer: tuple[str, int]) -> None:
+        """Nothing to report."""
+
+    def device_refused(self, session: Any, peer: tuple[str, int], why: str) -> None:
+        """Nothing to report."""
+
+    def session_ended(self, session: Any, reason: str, stats: Any) -> None:
+        body = hook_body(session, reason, stats, self.server_id, self._index)
+        self._index += 1
+        self.send(body)
+
+    # -- delivery
+
+    def send(self, body: dict[str, Any]) -> Deferred[bool] | None:
+        """Start delivering ``body``; the Deferred fires True (delivered) or False (gave up)."""
+        if len(self._pending) >= self.max_pending:
+            self.dropped += 1
+            log.warn(
+                "webhook {hook} for session {id} dropped: {pending} deliveries already waiting "
+                "for {url}",
+                hook=HOOK_NAME, id=body.get("session_id"), pending=len(self._pending),
+                url=self.url,
+            )
+            return None
+        delivery = Deferred.fromCoroutine(self._deliver(json.dumps(body).encode("utf-8"), body))
+        self._pending.add(delivery)
+        delivery.addBoth(self._done, delivery)
+        return delivery
+
+    def _done(self, result: Any, delivery: Deferred[bool]) -> Any:
+        self._pending.discard(delivery)
+        return result
+
+    async def _deliver(self, data: bytes, body: dict[str, Any]) -> bool:
+        error = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await deferLater(self._reactor, self.backoff * 2 ** (attempt - 1))
+            try:
+                status = await self._post(data)
+            except CancelledError:  # drain() gave up on it (timeouts are TimeoutError)
+                self.failed += 1
+                raise
+            except Exception as failure:  # network errors, timeouts, cancellation
+                error = f"{type(failure).__name__}: {failure}"
+            else:
+                if 200 <= status < 300:
+                    self.delivered += 1
+                    log.debug("webhook {hook} for session {id} delivered",
+                              hook=HOOK_NAME, id=body.get("session_id"))
+                    return True
+                error = f"HTTP status {status}"
+        self.failed += 1
+        log.warn(
+            "webhook {hook} for session {id} ({reason}) not delivered to {url} after "
+            "{attempts} attempts: {error}",
+            hook=HOOK_NAME, id=body.get("session_id"), reason=body.get("reason"), url=self.url,
+            attempts=self.retries + 1, error=error,
+        )
+        return False
+
+    async def _post(self, data: bytes) -> int:
+        headers = Headers({b"content-type": [b"application/json; charset=utf-8"],
+                           b"user-agent": [b"gb28181talk"]})
+        request = self._agent.request(b"POST", self.url.encode("utf-8"), headers, _JsonBody(data))
+        request.addTimeout(self.timeout, self._reactor)
+        response = await request
+        drain = _BodyDrain()
+        response.deliverBody(drain)
+        drain.done.addTimeout(self.timeout, self._reactor)
+        await drain.done
+        return int(response.code)
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """Wait up to ``timeout`` s for deliveries in flight, then cancel the rest (shutdown)."""
+        pending = list(self._pending)
+        if not pending:
+            return succeed(None)
+        waiting: Deferred[Any] = DeferredList(pending, consumeErrors=True)
+        timer = self._reactor.callLater(timeout, self._cancel_all)
+        waiting.addBoth(lambda _: timer.cancel() if timer.active() else None)
+        return waiting
+
+    def _cancel_all(self) -> None:
+        for delivery in list(self._pending):
+            delivery.cancel()
