@@ -10,9 +10,11 @@ devices never get a burst bigger than their jitter buffers expect.
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 
 from gb28181talk.interfaces import FRAME_MS, IAudioSource
 from gb28181talk.media import g711
@@ -20,6 +22,11 @@ from gb28181talk.media.law import Law
 
 LATENESS_BUCKET_MS = 0.5
 LATENESS_BUCKETS = 400
+DUE_TOLERANCE_FRAMES = 1e-3
+"""A tick this close (20 µs) before a frame's time sends it: reactor clocks are
+floats near 1.7e9 s, whose resolution (~0.24 µs) a tighter tolerance would miss."""
+
+log = Logger()
 
 
 class FrameListener(Protocol):
@@ -62,13 +69,18 @@ class SourceTap:
         self.pcm = source.read_frame()
         self._encoded = {}
         listeners = tuple(self.listeners)
-        if self.pcm is None and source.ended:
-            for listener in listeners:
-                listener.source_ended(self)
-            return False
+        ended = self.pcm is None and source.ended
         for listener in listeners:
-            listener.frame_ready(self)
-        return True
+            try:
+                if ended:
+                    listener.source_ended(self)
+                else:
+                    listener.frame_ready(self)
+            except Exception:
+                # One broken listener must not stop the clock every other session runs on.
+                log.failure("pacer: listener {listener!r} failed; detaching it", listener=listener)
+                self.listeners.pop(listener, None)
+        return not ended
 
 
 class TickStats:
@@ -92,7 +104,7 @@ class TickStats:
         """Upper edge of the histogram bucket holding the ``fraction`` quantile of lateness."""
         if not self.ticks:
             return 0.0
-        wanted = fraction * self.ticks
+        wanted = max(1, math.ceil(round(fraction * self.ticks, 9)))  # nearest rank
         seen = 0
         for bucket, count in enumerate(self._histogram):
             seen += count
@@ -171,7 +183,8 @@ class Pacer:
     def _send_due_frames(self, now: float) -> None:
         scheduled = self._epoch + self._frames_done * self._frame_s
         self.stats.record((now - scheduled) * 1000)
-        due = int((now - self._epoch) / self._frame_s + 1e-9) + 1 - self._frames_done
+        elapsed_frames = (now - self._epoch) / self._frame_s + DUE_TOLERANCE_FRAMES
+        due = int(elapsed_frames) + 1 - self._frames_done
         if due > self.max_burst_frames:
             # A stall: send a bounded burst and move the timeline on by the rest.
             shift = due - self.max_burst_frames

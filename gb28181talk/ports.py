@@ -8,7 +8,9 @@ back to the pool while the connection lives on.
 
 Free ports wait in a FIFO queue shuffled once at start: allocation is O(1)
 however full the pool is, and a released port goes to the back of the line, so
-a late device dialling an old port finds it closed rather than reused.
+a late device dialling an old port finds it closed rather than reused.  Each
+queue entry carries a ticket; only the entry whose ticket a free port holds now
+is valid, so entries left behind by explicit leases are skipped in O(1).
 """
 
 from __future__ import annotations
@@ -37,10 +39,10 @@ log = Logger()
 
 def parse_port_range(text: str) -> tuple[int, int]:
     """Parse ``"LO-HI"`` (or a single port) into a validated inclusive range."""
-    low_text, _, high_text = text.strip().partition("-")
+    low_text, dash, high_text = text.strip().partition("-")
     try:
         low = int(low_text)
-        high = int(high_text) if high_text else low
+        high = int(high_text) if dash else low
     except ValueError:
         raise PortError(
             f"port range {text!r} is not LO-HI with whole numbers, e.g. 30000-35000"
@@ -123,10 +125,11 @@ class PortPool:
         self.backlog = backlog
         ports = list(range(low, high + 1))
         (rng or random.Random()).shuffle(ports)
-        # The deque may hold stale entries (ports leased explicitly, or duplicates
-        # after such a lease is returned); _free is the truth and pops skip the rest.
-        self._queue: deque[int] = deque(ports)
-        self._free: set[int] = set(ports)
+        # _free maps each free port to the ticket of its one valid queue entry;
+        # entries whose ticket no longer matches (explicit leases) are skipped.
+        self._queue: deque[tuple[int, int]] = deque((port, 0) for port in ports)
+        self._free: dict[int, int] = dict.fromkeys(ports, 0)
+        self._tickets = 0
         self._leases: dict[int, Lease] = {}
 
     @property
@@ -195,19 +198,20 @@ class PortPool:
         del self._leases[lease.port]
         lease.state = "released"
         if self.in_range(lease.port):
-            self._free.add(lease.port)
-            self._queue.append(lease.port)
-            if len(self._queue) > 2 * self.size:
-                self._compact_queue()
+            self._to_back(lease.port)
         lease.closed.callback(None)
 
-    def _compact_queue(self) -> None:
-        """Drop stale and duplicate queue entries, keeping each free port's latest place."""
-        kept: dict[int, None] = {}
-        for port in reversed(self._queue):
-            if port in self._free:
-                kept.setdefault(port)
-        self._queue = deque(reversed(kept))
+    def _to_back(self, port: int) -> None:
+        """Make ``port`` free with a fresh ticket at the back of the line."""
+        self._tickets += 1
+        self._free[port] = self._tickets
+        self._queue.append((port, self._tickets))
+        if len(self._queue) > 2 * self.size:
+            self._queue = deque(entry for entry in self._queue if self._valid(entry))
+
+    def _valid(self, entry: tuple[int, int]) -> bool:
+        port, ticket = entry
+        return self._free.get(port) == ticket
 
     def _listen_explicit(self, factory: ServerFactory, owner: str, port: int) -> Lease:
         if not 1 <= port <= HIGHEST_PORT:
@@ -229,7 +233,7 @@ class PortPool:
                 f"another process probably holds it: choose another src_port or leave it "
                 f"empty to use the pool ({self.low}-{self.high}, {self.free_count} free)",
             ) from None
-        self._free.discard(port)
+        self._free.pop(port, None)
         return self._add_lease(port, owner, listening, explicit=True)
 
     def _listen_from_pool(self, factory: ServerFactory, owner: str) -> Lease:
@@ -250,10 +254,11 @@ class PortPool:
                     if len(held_elsewhere) >= self.bind_attempts:
                         break
                     continue
-                self._free.discard(port)
+                del self._free[port]
                 return self._add_lease(port, owner, listening, explicit=False)
         finally:
-            self._queue.extend(held_elsewhere)
+            for port in held_elsewhere:
+                self._to_back(port)
         if not held_elsewhere:
             raise PoolExhaustedError(
                 f"the talk port pool {self.low}-{self.high} is exhausted: all {self.size} "
@@ -270,14 +275,24 @@ class PortPool:
     def _candidates(self) -> Iterator[int]:
         """Free ports in FIFO order, skipping stale queue entries (leased or duplicated)."""
         while self._queue:
-            port = self._queue.popleft()
-            if port in self._free:
-                yield port
+            entry = self._queue.popleft()
+            if self._valid(entry):
+                yield entry[0]
 
     def _bind(self, factory: ServerFactory, port: int) -> IListeningPort:
-        return self._reactor.listenTCP(
-            port, factory, backlog=self.backlog, interface=self.interface
-        )
+        """listenTCP, with every bind/listen failure as CannotListenError.
+
+        Twisted wraps bind() errors but not listen()'s (e.g. EADDRINUSE when
+        another socket listens with SO_REUSEPORT).
+        """
+        try:
+            return self._reactor.listenTCP(
+                port, factory, backlog=self.backlog, interface=self.interface
+            )
+        except CannotListenError:
+            raise
+        except OSError as error:
+            raise CannotListenError(self.interface, port, error) from error
 
     def _add_lease(self, port: int, owner: str, listening: IListeningPort, explicit: bool) -> Lease:
         lease = Lease(

@@ -291,6 +291,13 @@ class TalkSession(ServerFactory):
 
     def frame_ready(self, tap: SourceTap) -> None:
         """Pacer: the source's next frame is current (kept as pre-roll until a device connects)."""
+        try:
+            self._take_frame(tap)
+        except Exception as error:
+            log.failure("talk session {id}: sending failed", id=self.id)
+            self.end(EndReason.ERROR, f"sending failed: {error!r}")
+
+    def _take_frame(self, tap: SourceTap) -> None:
         frame = tap.g711(self.params.law)
         if self.state is SessionState.STREAMING:
             self._add_frame(frame, now=tap.now)
