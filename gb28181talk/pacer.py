@@ -143,6 +143,10 @@ class Pacer:
         tap = self._taps.get(source)
         if tap is None:
             tap = self._taps[source] = SourceTap(source)
+            # A live source nobody read has a backlog of stale audio; start from now.
+            trim_backlog = getattr(source, "trim_backlog", None)
+            if trim_backlog is not None:
+                trim_backlog()
         tap.listeners[listener] = None
         if self._call is None and not self._in_tick:
             self._epoch = self._clock.seconds()
