@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -84,7 +85,7 @@ class _Collector(Protocol):
         self.data += data
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        if reason.check(ResponseDone):
+        if reason.check(ResponseDone, ConnectionDone):  # the WebSocket client ends so
             self.done.callback(self.data)
         else:
             self.done.errback(reason)

@@ -1,0 +1,317 @@
+"""The native JSON API over real loopback HTTP, and real feeders and devices through it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial import unittest
+from twisted.web.websocket import ConnectionRejected, WebSocketClientEndpoint
+
+from gb28181talk.api import codes
+from gb28181talk.media.law import Law
+from gb28181talk.media.wav import read_wav, write_wav
+from tests.audiocheck import dominant_frequency, tone_power
+from tests.conftest import require_program
+from tests.devices import connect_device
+from tests.httpapi import ServiceHarness, async_test, call, read_body, sleep, until
+from tests.netutil import port_is_free
+from tests.test_push import PushClientFactory
+from tests.test_sources import goertzel_ratio, tone_pcm
+
+
+class NativeApiTests(unittest.TestCase):
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.harness = ServiceHarness(ports=3)
+        self.harness.start()
+        self.media = Path(tempfile.mkdtemp(prefix="gbtalk-media-"))
+        self.addCleanup(shutil.rmtree, self.media, True)
+
+    def tearDown(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self.harness.stop())
+
+    def url(self, path: str) -> str:
+        return self.harness.url(path)
+
+    async def start_session(self, **fields: Any) -> Any:
+        body = {"app": "broadcast", "stream": "tone", "ssrc": 100000001, **fields}
+        return await call("POST", self.url("/api/sessions"), json_body=body)
+
+    # -- sources
+
+    @async_test
+    async def test_sources_create_list_inspect_delete(self) -> None:
+        tone = await self.harness.add_tone(frequency=440)
+        assert tone.status == 200 and tone.json["code"] == 0
+        assert tone.json["source"]["kind"] == "tone"
+        assert tone.json["source"]["frequency"] == 440
+        wav = self.media / "hello.wav"
+        write_wav(wav, tone_pcm(600, 0.5, rate=16000), 16000)
+        made = await call("POST", self.url("/api/sources"), json_body={
+            "app": "broadcast", "stream": "hello", "kind": "file", "path": str(wav),
+            "loop": True,
+        })
+        assert made.json["code"] == 0, made.json
+        assert made.json["source"]["duration_ms"] == 500
+        listed = await call("GET", self.url("/api/sources"))
+        assert [s["stream"] for s in listed.json["sources"]] == ["hello", "tone"]
+        one = await call("GET", self.url("/api/sources/broadcast/hello"))
+        assert one.json["source"]["path"] == str(wav)
+        gone = await call("DELETE", self.url("/api/sources/broadcast/hello"))
+        assert gone.json["code"] == 0 and gone.json["source"]["stream"] == "hello"
+        again = await call("DELETE", self.url("/api/sources/broadcast/hello"))
+        assert (again.status, again.json["code"]) == (404, codes.NOT_FOUND)
+
+    @async_test
+    async def test_source_refusals_say_what_is_wrong(self) -> None:
+        await self.harness.add_tone()
+        for body, status, word in [
+            ({"app": "broadcast", "stream": "tone", "kind": "tone"}, 409, "exists"),
+            ({"app": "broadcast", "stream": "x", "kind": "video"}, 400, "kind"),
+            ({"app": "broadcast", "stream": "x", "kind": "tone", "frequency": 9000}, 400,
+             "frequency"),
+            ({"app": "broadcast", "stream": "x", "kind": "file", "path": "/nonexistent.wav"},
+             400, "/nonexistent.wav"),
+            ({"app": "bad name", "stream": "x", "kind": "tone"}, 400, "app"),
+        ]:
+            reply = await call("POST", self.url("/api/sources"), json_body=body)
+            assert (reply.status, reply.json["code"]) == (status, codes.INVALID_ARGS), reply.json
+            assert word in reply.json["msg"], reply.json["msg"]
+        not_json = await call("POST", self.url("/api/sources"), raw_body=b"kind=tone",
+                              headers={"content-type": "application/json"})
+        assert (not_json.status, not_json.json["code"]) == (400, codes.INVALID_ARGS)
+        curl_style = await call(
+            "POST", self.url("/api/sources"),
+            raw_body=b'{"app": "broadcast", "stream": "curl", "kind": "tone"}',
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert curl_style.json["code"] == 0, "curl -d without a JSON content type still works"
+
+    # -- sessions
+
+    @async_test
+    async def test_sessions_start_list_inspect_stop(self) -> None:
+        await self.harness.add_tone()
+        started = await self.start_session()
+        assert started.json["code"] == 0, started.json
+        session = started.json["session"]
+        assert started.json["local_port"] == session["local_port"]
+        assert session["state"] == "listening"
+        assert (session["codec"], session["pt"], session["packaging"]) == ("PCMA", 8, "raw")
+        assert session["local_ip"] == "127.0.0.1"
+        for field in ("id", "peer", "age_s", "stats"):
+            assert field in session
+        assert "jitter_mean_ms" in session["stats"]
+        device = await connect_device(session["local_port"])
+        await until(lambda: len(device.received) > 4000)
+        listed = await call("GET", self.url("/api/sessions"))
+        [view] = listed.json["sessions"]
+        assert view["state"] == "streaming" and view["peer"].startswith("127.0.0.1:")
+        assert view["stats"]["packets_sent"] > 0
+        streaming = await call("GET", self.url("/api/sessions"), query={"state": "listening"})
+        assert streaming.json["sessions"] == []
+        one = await call("GET", self.url(f"/api/sessions/{session['id']}"))
+        assert one.json["session"]["id"] == session["id"]
+        stopped = await call("DELETE", self.url(f"/api/sessions/{session['id']}"))
+        assert stopped.json["session"]["state"] == "closed"
+        assert stopped.json["session"]["end_reason"] == "stopped"
+        await device.closed
+        after = await call("GET", self.url(f"/api/sessions/{session['id']}"))
+        assert (after.status, after.json["code"]) == (404, codes.NOT_FOUND)
+
+    @async_test
+    async def test_session_options_and_refusals(self) -> None:
+        await self.harness.add_tone()
+        ps = await self.start_session(packaging="ps", codec="pcmu", packet_ms=40,
+                                      wait_timeout=2.5, framing="none")
+        view = ps.json["session"]
+        assert (view["packaging"], view["pt"], view["codec"]) == ("ps", 96, "PCMU")
+        assert (view["packet_ms"], view["framing"]) == (40, "none")
+        same = await self.start_session(packaging="ps")
+        assert same.json["session"]["id"] == view["id"], "a live key gets its session again"
+        fresh = await self.start_session(replace=True)
+        assert fresh.json["session"]["id"] != view["id"]
+        assert fresh.json["session"]["packaging"] == "raw"
+        for fields, word in [
+            ({"ssrc": "x"}, "ssrc"),
+            ({"packet_ms": 30}, "packet duration"),
+            ({"codec": "opus"}, "codec"),
+            ({"colour": "red"}, "unknown field"),
+            ({"expected_peer": "device.local"}, "expected_peer"),
+            ({"is_udp": True}, "UDP"),
+        ]:
+            reply = await self.start_session(**fields)
+            assert (reply.status, reply.json["code"]) == (400, codes.INVALID_ARGS), fields
+            assert word in reply.json["msg"], reply.json["msg"]
+        unknown = await self.start_session(stream="absent")
+        assert (unknown.status, unknown.json["code"]) == (404, codes.NOT_FOUND)
+        for n in range(2):
+            assert (await self.start_session(ssrc=10 + n)).json["code"] == 0
+        full = await self.start_session(ssrc=99)
+        assert (full.status, full.json["code"]) == (503, codes.EXCEPTION)
+        busy_port = fresh.json["local_port"]
+        busy = await self.start_session(ssrc=98, src_port=busy_port)
+        assert (busy.status, busy.json["code"]) == (409, codes.EXCEPTION)
+        assert str(busy_port) in busy.json["msg"]
+
+    @async_test
+    async def test_pool_health_and_metrics(self) -> None:
+        await self.harness.add_tone()
+        started = await self.start_session()
+        pool = await call("GET", self.url("/api/pool"))
+        assert pool.json["code"] == 0
+        assert pool.json["range"] == [self.harness.low, self.harness.high]
+        assert (pool.json["free"], pool.json["leased"]) == (2, 1)
+        [lease] = pool.json["leases"]
+        assert lease["port"] == started.json["local_port"]
+        assert lease["session"] == started.json["session"]["id"]
+        health = await call("GET", self.url("/api/health"))
+        assert health.status == 200 and health.json["status"] == "ok"
+        metrics = await call("GET", self.url("/metrics"))
+        assert metrics.status == 200
+        assert metrics.content_type.startswith("text/plain; version=0.0.4")
+        text = metrics.raw.decode()
+        assert 'gbtalk_sessions{state="listening"} 1' in text
+        assert "gbtalk_ports_leased 1" in text and "gbtalk_ports_free 2" in text
+
+    @async_test
+    async def test_unknown_paths_and_methods_answer_json(self) -> None:
+        for path in ("/nope", "/api/nope", "/api/sources/a/b/c", "/index", "/index/api",
+                     "/index/nope", "/api", "/api/sessions/x/y"):
+            reply = await call("GET", self.url(path))
+            assert reply.status == 404, path
+            assert reply.json["code"] == codes.NOT_FOUND, path
+        wrong = await call("PUT", self.url("/api/sources"))
+        assert (wrong.status, wrong.json["code"]) == (405, codes.INVALID_ARGS)
+        assert "GET or POST" in wrong.json["msg"]
+        root = await call("GET", self.url("/"))
+        assert root.json["code"] == 0
+
+    # -- real feeders and devices
+
+    @async_test
+    async def test_websocket_push_source_is_heard_by_a_device(self) -> None:
+        made = await call("POST", self.url("/api/sources"), json_body={
+            "app": "live", "stream": "mic", "kind": "push", "sample_rate": 16000,
+        })
+        assert made.json["code"] == 0, made.json
+        started = await call("POST", self.url("/api/sessions"), json_body={
+            "app": "live", "stream": "mic", "ssrc": 7, "preroll_ms": 0,
+        })
+        device = await connect_device(started.json["local_port"])
+        ws_url = self.harness.base.replace("http", "ws") + "/api/push/live/mic"
+        endpoint = WebSocketClientEndpoint.new(reactor, ws_url)  # type: ignore[arg-type]
+        pusher = await endpoint.connect(PushClientFactory())
+        pcm = tone_pcm(700, 1.0, rate=16000)
+        for start in range(0, len(pcm), 640):
+            pusher.transport.sendBytesMessage(pcm[start:start + 640])
+        await until(lambda: len(device.received) > 8_400, timeout=5)  # 1 s: 50 x 174 bytes
+        pusher.transport.loseConnection()
+        audio = device.audio(Law.ALAW)
+        assert goertzel_ratio(audio[1600:12800], 700) > 0.9
+
+    @async_test
+    async def test_rtp_source_fed_by_ffmpeg_is_heard_by_a_device(self) -> None:
+        ffmpeg = require_program("ffmpeg")
+        made = await call("POST", self.url("/api/sources"), json_body={
+            "app": "live", "stream": "rtp", "kind": "rtp", "port": 0,
+        })
+        assert made.json["code"] == 0, made.json
+        udp_port = made.json["source"]["port"]
+        started = await call("POST", self.url("/api/sessions"), json_body={
+            "app": "live", "stream": "rtp", "ssrc": 8,
+        })
+        device = await connect_device(started.json["local_port"])
+        _out, err, code = await getProcessOutputAndValue(
+            ffmpeg,
+            ["-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi",
+             "-i", "sine=frequency=1000:duration=1", "-ar", "8000", "-ac", "1",
+             "-acodec", "pcm_alaw", "-f", "rtp", f"rtp://127.0.0.1:{udp_port}"],
+            env=os.environ, reactor=reactor,
+        )
+        assert code == 0, err
+        await sleep(0.2)
+        audio = device.audio(Law.ALAW)
+        assert len(audio) > 8000, "most of the second arrived"
+        assert dominant_frequency(audio, range(200, 3800, 100)) == 1000
+
+    @async_test
+    async def test_gstreamer_device_hears_a_tone_started_through_zlm_api(self) -> None:
+        gst = require_program("gst-launch-1.0")
+        await self.harness.add_tone(frequency=1000, duration=1.5)
+        reply = await self.harness.zlm("startSendRtpPassive", query={
+            "app": "broadcast", "stream": "tone", "ssrc": "0100000001", "use_ps": "0",
+            "pt": "8",
+        })
+        out = str(self.media / "out.wav")
+        pipeline = (
+            f"tcpclientsrc host=127.0.0.1 port={reply.json['local_port']} ! "
+            "application/x-rtp-stream,media=audio,clock-rate=8000,encoding-name=PCMA,payload=8 ! "
+            "rtpstreamdepay ! rtppcmadepay ! alawdec ! audioconvert ! wavenc ! "
+            f"filesink location={out}"
+        )
+        _out, errors, code = await getProcessOutputAndValue(
+            gst, ["-q", *pipeline.split()], env=os.environ, reactor=reactor
+        )
+        assert code == 0, errors
+        audio = read_wav(out)
+        assert len(audio.data) / 16000 > 1.4
+        assert dominant_frequency(audio.data, range(200, 3800, 50)) == 1000
+        assert tone_power(audio.data, 1000) > 100 * tone_power(audio.data, 1500)
+
+
+class NativeSecretTests(unittest.TestCase):
+    timeout = 20
+
+    def setUp(self) -> None:
+        self.harness = ServiceHarness(ports=2, secret="s3cret")
+        self.harness.start()
+
+    def tearDown(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self.harness.stop())
+
+    @async_test
+    async def test_secret_from_bearer_query_or_body_health_stays_open(self) -> None:
+        url = self.harness.url
+        for path in ("/api/sources", "/api/sessions", "/api/pool", "/metrics"):
+            reply = await call("GET", url(path))
+            assert (reply.status, reply.json["code"]) == (401, codes.AUTH_FAILED), path
+            wrong = await call("GET", url(path), headers={"Authorization": "Bearer nope"})
+            assert wrong.json["code"] == codes.AUTH_FAILED
+            right = await call("GET", url(path), headers={"Authorization": "Bearer s3cret"})
+            assert right.status == 200, path
+            by_query = await call("GET", url(path), query={"secret": "s3cret"})
+            assert by_query.status == 200, path
+        made = await call("POST", url("/api/sources"), json_body={
+            "app": "a", "stream": "t", "kind": "tone", "secret": "s3cret",
+        })
+        assert made.json["code"] == 0, made.json
+        health = await call("GET", url("/api/health"))
+        assert health.status == 200
+
+    @async_test
+    async def test_websocket_push_needs_the_secret(self) -> None:
+        await call("POST", self.harness.url("/api/sources"), query={"secret": "s3cret"},
+                   json_body={"app": "live", "stream": "mic", "kind": "push"})
+        ws = self.harness.base.replace("http", "ws") + "/api/push/live/mic"
+        endpoint = WebSocketClientEndpoint.new(reactor, ws)  # type: ignore[arg-type]
+        with self.assertRaises(ConnectionRejected) as refused:
+            await endpoint.connect(PushClientFactory())
+        assert refused.exception.response.code == 401
+        body = await read_body(refused.exception.response)
+        assert b'"code": -100' in body
+        allowed = WebSocketClientEndpoint.new(reactor, ws + "?secret=s3cret")  # type: ignore[arg-type]
+        pusher = await allowed.connect(PushClientFactory())
+        source = self.harness.service.registry.find("live", "mic")
+        await until(lambda: source.pusher is not None)
+        pusher.transport.loseConnection()
+        await pusher.lost
+        assert port_is_free(self.harness.low)

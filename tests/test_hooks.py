@@ -1,0 +1,169 @@
+"""on_send_rtp_stopped webhooks: ZLMediaKit's fields and ours, for every ending, retried."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+from gb28181talk.api.control import TalkControl
+from gb28181talk.hooks import HookDeliverer, hook_body
+from gb28181talk.interfaces import ISessionObserver
+from gb28181talk.manager import SessionManager
+from gb28181talk.metrics import Metrics
+from gb28181talk.params import SessionKey, SessionParams
+from gb28181talk.ports import PortPool
+from gb28181talk.sources import SourceRegistry, ToneSource
+from gb28181talk.testing import BusyPortsReactor, FakeDevice
+from tests.devices import connect_device
+from tests.httpapi import HookReceiver, ServiceHarness, async_test, sleep, until
+from tests.netutil import free_port
+
+ZLM_FIELDS = {"mediaServerId", "hook_index", "vhost", "app", "stream", "params", "ssrc",
+              "originType", "originTypeStr", "originUrl", "msg", "err"}
+
+
+def test_observers_provide_the_interface() -> None:
+    memory = BusyPortsReactor()
+    manager = SessionManager(memory, PortPool(memory, 30000, 30003))
+    assert verifyObject(ISessionObserver, HookDeliverer(memory, "http://127.0.0.1:9/hook"))
+    assert verifyObject(ISessionObserver, Metrics(manager))
+    assert verifyObject(ISessionObserver, TalkControl(memory, manager, SourceRegistry()))
+
+
+def test_hook_body_has_zlmediakit_fields_and_ours() -> None:
+    memory = BusyPortsReactor()
+    manager = SessionManager(memory, PortPool(memory, 30000, 30003))
+    source = ToneSource("broadcast", "tone")
+    session = manager.start(SessionParams(key=SessionKey("v", "broadcast", "tone", 123)), source)
+    device = FakeDevice()
+    assert device.connect(memory, session.port)
+    memory.advance(0.1)
+    device.hang_up()
+    body = hook_body(session, str(session.end_reason), session.stats, "media-1", 7)
+    assert set(body) >= ZLM_FIELDS
+    assert body["ssrc"] == "0000000123"
+    assert (body["mediaServerId"], body["hook_index"]) == ("media-1", 7)
+    assert (body["vhost"], body["app"], body["stream"]) == ("v", "broadcast", "tone")
+    assert (body["reason"], body["err"]) == ("device-closed", 1)
+    assert body["peer"] == "127.0.0.2:40000"
+    assert body["local_port"] == session.port
+    assert body["stats"]["packets_sent"] > 0
+
+
+class HookDeliveryTests(unittest.TestCase):
+    """The whole service posting to a test receiver."""
+
+    timeout = 20
+
+    def setUp(self) -> None:
+        self.receiver = HookReceiver()
+        url = self.receiver.start()
+        self.harness = ServiceHarness(ports=3, hook_url=url, server_id="talk-1")
+        self.harness.start()
+
+    async def _cleanup(self) -> None:
+        await self.harness.stop()
+        await self.receiver.stop()
+
+    def tearDown(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._cleanup())
+
+    async def start(self, **args: Any) -> int:
+        reply = await self.harness.zlm("startSendRtpPassive", query={
+            "app": "broadcast", "stream": "tone", "ssrc": "0100000001", **args})
+        assert reply.json["code"] == 0, reply.json
+        return int(reply.json["local_port"])
+
+    @async_test
+    async def test_timeout_stop_and_device_hang_up_each_post_one_hook(self) -> None:
+        await self.harness.add_tone()
+        await self.start(close_delay_ms="150")
+        await until(lambda: len(self.receiver.bodies) == 1)
+        timed_out = self.receiver.bodies[0]
+        assert self.receiver.paths == ["/index/hook/on_send_rtp_stopped"]
+        assert set(timed_out) >= ZLM_FIELDS
+        assert (timed_out["reason"], timed_out["err"]) == ("timeout", 2)
+        assert timed_out["mediaServerId"] == "talk-1"
+        assert timed_out["ssrc"] == "0100000001"
+        assert "no device connected" in timed_out["msg"]
+
+        await self.start()
+        stop = await self.harness.zlm("stopSendRtp", query={"app": "broadcast",
+                                                            "stream": "tone"})
+        assert stop.json["code"] == 0
+        await until(lambda: len(self.receiver.bodies) == 2)
+        assert self.receiver.bodies[1]["reason"] == "stopped"
+        assert self.receiver.bodies[1]["hook_index"] == timed_out["hook_index"] + 1
+
+        port = await self.start()
+        device = await connect_device(port)
+        await until(lambda: len(device.received) > 2000)
+        device.transport.loseConnection()
+        await until(lambda: len(self.receiver.bodies) == 3)
+        hung_up = self.receiver.bodies[2]
+        assert hung_up["reason"] == "device-closed"
+        assert hung_up["peer"].startswith("127.0.0.1:")
+        assert hung_up["stats"]["packets_sent"] > 0
+        assert self.harness.service.hooks.delivered == 3
+
+    @async_test
+    async def test_shutdown_endings_are_posted_before_the_service_stops(self) -> None:
+        await self.harness.add_tone()
+        await self.start()
+        await self.start(ssrc="2")
+        await self.harness.stop()
+        assert sorted(body["reason"] for body in self.receiver.bodies) == ["shutdown"] * 2
+
+
+class HookRetryTests(unittest.TestCase):
+    timeout = 20
+
+    @async_test
+    async def test_failed_attempts_are_retried_with_back_off(self) -> None:
+        receiver = HookReceiver(fail_first=2)
+        url = receiver.start()
+        self.addCleanup(receiver.stop)
+        hooks = HookDeliverer(reactor, url, retries=3, backoff=0.05)
+        delivered = await hooks.send({"session_id": "s1", "reason": "timeout"})
+        assert delivered is True
+        assert receiver.attempts == 3
+        assert (hooks.delivered, hooks.failed) == (1, 0)
+
+    @async_test
+    async def test_a_receiver_that_never_answers_times_out_and_gives_up(self) -> None:
+        silent = reactor.listenTCP(0, Factory.forProtocol(Protocol),  # type: ignore[attr-defined]
+                                   interface="127.0.0.1")
+        self.addCleanup(silent.stopListening)
+        hooks = HookDeliverer(reactor, f"http://127.0.0.1:{silent.getHost().port}/hook",
+                              timeout=0.2, retries=1, backoff=0.01)
+        delivered = await hooks.send({"session_id": "s1", "reason": "timeout"})
+        assert delivered is False
+        assert (hooks.delivered, hooks.failed, hooks.pending) == (0, 1, 0)
+
+    @async_test
+    async def test_a_down_receiver_does_not_disturb_sessions(self) -> None:
+        harness = ServiceHarness(ports=4, hook_url=f"http://127.0.0.1:{free_port()}/hook")
+        harness.start()
+        self.addCleanup(lambda: Deferred.fromCoroutine(harness.stop()))
+        hooks = harness.service.hooks
+        hooks.retries, hooks.backoff = 2, 0.05
+        await harness.add_tone()
+        for n in range(3):  # sessions end while earlier hooks still retry
+            reply = await harness.zlm("startSendRtpPassive", query={
+                "app": "broadcast", "stream": "tone", "ssrc": str(n), "close_delay_ms": "50"})
+            assert reply.json["code"] == 0
+        reply = await harness.zlm("startSendRtpPassive", query={
+            "app": "broadcast", "stream": "tone", "ssrc": "9", "use_ps": "0", "pt": "8"})
+        device = await connect_device(reply.json["local_port"])
+        await sleep(0.5)
+        session = harness.service.manager.sessions()[0]
+        assert session.stats.packets_sent >= 22, "about 25 packets in 0.5 s"
+        assert session.stats.jitter_max_ms < 20
+        device.transport.loseConnection()
+        await until(lambda: hooks.failed == 4, timeout=5)
+        assert hooks.delivered == 0 and hooks.pending == 0
