@@ -1,9 +1,10 @@
 """Records a device's voice in two-way talk to a WAV file, streamed to disk as it arrives.
 
-The file gets a PCM16 8 kHz mono WAV header with zero sizes at once, audio
-is appended packet by packet, and the sizes are fixed up when the session
-ends: a recording cut short by a crash is still readable by tools that
-tolerate a wrong data size (ours does).
+The file gets a PCM16 8 kHz mono WAV header at once, with the "size
+unknown" value 0xFFFFFFFF streaming writers use; audio is appended packet by
+packet, and the real sizes are written when the session ends.  A recording
+cut short by a crash stays readable by tools that take what is there (ours,
+ffmpeg, sox).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from gb28181talk.media.wav import wav_bytes
 
 log = Logger()
 
-_HEADER_BYTES = 44
+_UNKNOWN_SIZE = 0xFFFFFFFF
 _MAX_DATA_BYTES = 0xFFFFFFFF - 36
 """Most audio a WAV file can describe (its sizes are 32-bit)."""
 
@@ -36,7 +37,10 @@ class WavRecorder:
         self.bytes_written = 0
         self.closed = False
         self._file: IO[bytes] | None = open(path, "wb")  # noqa: SIM115 - lives until audio_ended
-        self._file.write(wav_bytes(b"", SAMPLE_RATE, 1))
+        header = bytearray(wav_bytes(b"", SAMPLE_RATE, 1))
+        struct.pack_into("<I", header, 4, _UNKNOWN_SIZE)
+        struct.pack_into("<I", header, 40, _UNKNOWN_SIZE)
+        self._file.write(header)
         self._full_logged = False
 
     def audio_received(self, pcm16: bytes, rtp_timestamp: int) -> None:

@@ -107,11 +107,19 @@ class Options(usage.Options):
             sys.stderr.flush()
             raise SystemExit(USAGE_ERROR_STATUS) from None
 
+    def parseArgs(self, *args: str) -> None:
+        if args:
+            raise usage.UsageError(
+                f"unexpected argument {args[0]!r}: every setting is an option, e.g. --api"
+            )
+
     def postOptions(self) -> None:
         try:
             file_values = load_toml(self["config"]) if self["config"] else {}
+            api = self["api"] or file_values.get("api") or DEFAULT_API
+            if isinstance(api, str):
+                check_endpoint(api)
             self.config = build_config({name: self[name] for name in OPTION_NAMES}, file_values)
-            check_endpoint(self.config.api)
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
 
@@ -200,8 +208,7 @@ class GbTalkService(MultiService):
         if isinstance(outcome[0], Failure):
             message = (f"cannot start the HTTP API on {self.config.api}: "
                        f"{outcome[0].getErrorMessage()}")
-            log.critical("{message}", message=message)
-            sys.stderr.write(f"twistd gbtalk: {message}\n")
+            log.critical("{message}", message=message)  # twistd -n logs stderr there too
             raise SystemExit(1)
         self.api_port = outcome[0]
         address = self.api_port.getHost()
