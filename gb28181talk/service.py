@@ -5,12 +5,13 @@
 line).  A bad option prints one line on stderr and exits with status 2.
 Stopping the service (SIGTERM, ``twistd`` stop) ends every talk session
 with reason ``shutdown``, waits briefly for their webhooks, then closes the
-sources and the API.
+sources and the API; after SIGTERM the process exits with status 0.
 """
 
 from __future__ import annotations
 
 import resource
+import signal
 import socket
 import sys
 from typing import Any
@@ -169,10 +170,11 @@ def outward_address() -> str:
 class GbTalkService(MultiService):
     """The running service: pool, pacer, sessions, sources, hooks, metrics and the HTTP API."""
 
-    def __init__(self, config: ServiceConfig, reactor: Any) -> None:
+    def __init__(self, config: ServiceConfig, reactor: Any, *, own_sigterm: bool = False) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
+        self.own_sigterm = own_sigterm
         low, high = config.port_range
         self.pool = PortPool(reactor, low, high, config.media_interface)
         self.pacer = Pacer(reactor)
@@ -200,6 +202,8 @@ class GbTalkService(MultiService):
     def startService(self) -> None:
         super().startService()
         self._report_limits()
+        if self.own_sigterm:
+            self.reactor.callWhenRunning(self._take_sigterm)
         outcome: list[Any] = []
         self.endpoint.listen(self.site).addBoth(outcome.append)
         if not outcome:
@@ -222,6 +226,19 @@ class GbTalkService(MultiService):
             secret=", secret required" if self.config.secret else "",
             hooks=f", webhooks to {self.hooks.url}" if self.hooks else "",
         )
+
+    def _take_sigterm(self) -> None:
+        """Make SIGTERM a requested stop: clean shutdown, then exit status 0.
+
+        Twisted's own handler re-raises the signal after shutdown, so the
+        process would end "killed by SIGTERM" even though it stopped cleanly.
+        """
+
+        def stop(signum: int, frame: Any) -> None:
+            log.info("received SIGTERM, stopping")
+            self.reactor.callFromThread(self.reactor.stop)
+
+        signal.signal(signal.SIGTERM, stop)
 
     def _report_limits(self) -> None:
         before, now = raise_open_file_limit()
@@ -273,4 +290,4 @@ def makeService(options: Options) -> IService:
     """Build the service tree from parsed options."""
     from twisted.internet import reactor
 
-    return GbTalkService(options.config, reactor)
+    return GbTalkService(options.config, reactor, own_sigterm=True)
