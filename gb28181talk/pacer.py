@@ -197,7 +197,12 @@ class Pacer:
             due = self.max_burst_frames
         for _ in range(max(due, 0)):
             for source, tap in list(self._taps.items()):
-                if tap.listeners and not tap.advance(now):
-                    self._taps.pop(source, None)
+                if not tap.listeners:
+                    continue
+                ended = not tap.advance(now)
+                # Drop the tap if its source ended or its last listener failed, but not
+                # a fresh tap some listener attached to the same source meanwhile.
+                if (ended or not tap.listeners) and self._taps.get(source) is tap:
+                    del self._taps[source]
             self._frames_done += 1
             self.stats.frames += 1

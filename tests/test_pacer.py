@@ -416,11 +416,6 @@ def test_a_failing_listener_is_logged_and_detached_and_the_others_play_on() -> N
     assert_one_timer_iff_listened(clock, pacer)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a listener that fails is popped from its tap, but a tap left with no "
-    "listeners stays in Pacer._taps: the timer ticks on for a source nobody listens to",
-)
 def test_a_failing_only_listener_leaves_no_timer_behind() -> None:
     clock = Clock()
     pacer = Pacer(clock)
@@ -504,11 +499,6 @@ def test_an_ended_source_is_dropped_while_others_play_on() -> None:
     assert len(stayer.frames) == 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after a source ends, Pacer._send_due_frames pops _taps[source] whatever tap "
-    "is there now: a listener attached to that source inside source_ended is silently dropped",
-)
 def test_a_listener_attached_inside_source_ended_still_hears_the_end() -> None:
     clock = Clock()
     pacer = Pacer(clock)
