@@ -81,11 +81,11 @@ class LoggingObserver:
 
     def session_ended(self, session: Any, reason: str, stats: Any) -> None:
         log.info(
-            "talk session {id} ended: {reason} {detail}; sent {sent} packets, received {received}, "
+            "talk session {id} ended: {reason}{detail}; sent {sent} packets, received {received}, "
             "{violations} SSRC violations, jitter mean {jitter:.2f} ms, {duration:.1f} s",
             id=session.id,
             reason=reason,
-            detail=session.end_detail,
+            detail=f" ({session.end_detail})" if session.end_detail else "",
             sent=stats.packets_sent,
             received=stats.packets_received,
             violations=stats.ssrc_violations,
