@@ -195,6 +195,20 @@ class NativeApiTests(unittest.TestCase):
         root = await call("GET", self.url("/"))
         assert root.json["code"] == 0
 
+    @async_test
+    async def test_unexpected_failures_answer_json_code_minus_1(self) -> None:
+        def broken(*args: Any) -> Any:
+            raise RuntimeError("boom")
+
+        self.harness.service.pool.describe = broken  # inside a handler
+        reply = await call("GET", self.url("/api/pool"))
+        assert (reply.status, reply.json["code"]) == (500, codes.OTHER_FAILED)
+        assert "boom" not in reply.json["msg"] and "log" in reply.json["msg"]
+        self.harness.service.registry.get = broken  # below the handlers, in URL traversal
+        traversal = await call("GET", self.url("/api/push/live/mic"))
+        assert (traversal.status, traversal.json["code"]) == (500, codes.OTHER_FAILED)
+        assert len(self.flushLoggedErrors(RuntimeError)) == 2
+
     # -- real feeders and devices
 
     @async_test

@@ -66,6 +66,18 @@ class ZlmApiTests(unittest.TestCase):
         assert other.json["local_port"] != port
 
     @async_test
+    async def test_a_new_call_for_a_connected_session_takes_over_as_in_zlmediakit(self) -> None:
+        await self.harness.add_tone()
+        port = (await self.start(use_ps="0", pt="8")).json["local_port"]
+        device = await connect_device(port)
+        await until(lambda: len(device.received) > 0)
+        again = await self.start(use_ps="0", pt="8")
+        assert again.json["code"] == 0 and again.json["local_port"] != port
+        await device.closed
+        [session] = self.harness.service.manager.sessions()
+        assert session.port == again.json["local_port"]
+
+    @async_test
     async def test_arguments_from_form_and_json_bodies_with_the_query_winning(self) -> None:
         await self.harness.add_tone()
         form = await self.harness.zlm(

@@ -82,8 +82,10 @@ class TalkControl:
             raise ApiError(codes.OTHER_FAILED, "the service is shutting down", 503)
         existing = self.manager.find(key)
         if existing is not None and existing.state is not SessionState.CLOSED:
-            if not request.replace:
-                return existing
+            if existing.state is SessionState.LISTENING and not request.replace:
+                return existing  # a retried call gets the port it was given
+            # Replaced on request, or its device is connected already: as ZLMediaKit does
+            # with a sender of the same SSRC, the new call takes over (the old one "stopped").
             self.manager.stop(existing.id)
         source = self.source(key.app, key.stream)
         device: DeviceAudioSource | None = None

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from gb28181talk import __version__
+from gb28181talk.api import codes
 from gb28181talk.api.common import (
     Authenticator,
     JsonResource,
@@ -20,6 +24,8 @@ from gb28181talk.api.native import NativeApi
 from gb28181talk.api.zlm import ZlmApi
 from gb28181talk.metrics import CONTENT_TYPE, Metrics
 from gb28181talk.push import PushResource
+
+log = Logger()
 
 _HINT = "the API lives under /index/api/ (ZLMediaKit), /api/ (native) and /metrics"
 
@@ -91,8 +97,25 @@ class _Branch(Resource):
         return NotFoundResource(self.auth, True, _HINT).render(request)
 
 
+class JsonErrorRequest(Request):
+    """A request whose unexpected failures (outside our handlers) still answer JSON, not HTML."""
+
+    def processingFailed(self, reason: Failure) -> Failure:
+        log.failure("HTTP request {path} failed", failure=reason,
+                    path=self.path.decode("utf-8", "replace"))
+        body = json.dumps({"code": codes.OTHER_FAILED,
+                           "msg": "internal error; the service log has the details"}).encode()
+        self.setResponseCode(500)
+        self.setHeader(b"content-type", b"application/json; charset=utf-8")
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+        return reason
+
+
 def build_site(root: Resource) -> Site:
-    """A Site for the tree, quiet about each connection."""
-    site = Site(root)
+    """A Site for the tree: JSON even for failures, quiet about each connection."""
+    site = Site(root, requestFactory=JsonErrorRequest)
+    site.displayTracebacks = False
     site.noisy = False
     return site
