@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.utils import getProcessOutputAndValue
@@ -15,8 +17,11 @@ from twisted.trial import unittest
 from twisted.web.websocket import ConnectionRejected, WebSocketClientEndpoint
 
 from gb28181talk.api import codes
+from gb28181talk.api.common import ApiError
+from gb28181talk.api.start import NATIVE_FIELDS, parse_native_start
 from gb28181talk.media.law import Law
 from gb28181talk.media.wav import read_wav, write_wav
+from gb28181talk.params import Packaging
 from tests.audiocheck import dominant_frequency, tone_power
 from tests.conftest import require_program
 from tests.devices import connect_device
@@ -329,3 +334,29 @@ class NativeSecretTests(unittest.TestCase):
         pusher.transport.loseConnection()
         await pusher.lost
         assert port_is_free(self.harness.low)
+
+
+# --------------------------------------------------------------------------- parser properties
+
+_json_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=True),
+    st.text(max_size=10), st.lists(st.integers(), max_size=2),
+    st.sampled_from(["raw", "ps", "pcmu", "rfc4571", "none", "strict", "8", "0100000001"]),
+)
+_fields = st.sampled_from([*NATIVE_FIELDS, "colour"])
+
+
+@given(st.dictionaries(_fields, _json_values, max_size=12))
+def test_native_start_parser_only_ever_refuses_with_minus_300(body: dict[str, Any]) -> None:
+    try:
+        request = parse_native_start(body, 5.0)
+    except ApiError as error:
+        assert error.code == codes.INVALID_ARGS and error.msg
+    else:
+        assert request.params.wait_timeout > 0
+
+
+def test_native_defaults_are_raw_pcma_pt_8() -> None:
+    params = parse_native_start({"app": "a", "stream": "s", "ssrc": 1}, 4.0).params
+    assert (params.packaging, params.law, params.rtp_payload_type) == (Packaging.RAW, Law.ALAW, 8)
+    assert params.wait_timeout == 4.0 and not params.receive

@@ -12,6 +12,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.error import ConnectionRefusedError
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from gb28181talk.api import codes
@@ -322,6 +323,21 @@ class ZlmSecretTests(unittest.TestCase):
         assert [r.json["code"] for r in replies] == [0, 0, 0, 0], [r.json for r in replies]
         listed = await self.harness.zlm("getMediaList", query={"secret": "s3cret"})
         assert listed.json["code"] == 0
+
+
+    @async_test
+    async def test_the_access_log_masks_the_secret(self) -> None:
+        lines: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        await self.harness.zlm("getMediaList", query={"app": "a", "secret": "s3cret"})
+        await until(lambda: any("getMediaList" in line for line in lines))
+        [line] = [line for line in lines if "getMediaList" in line]
+        assert "secret=***" in line and "s3cret" not in line
 
 
 # --------------------------------------------------------------------------- parser properties

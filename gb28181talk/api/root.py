@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import combinedLogFormatter
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -113,9 +115,28 @@ class JsonErrorRequest(Request):
         return reason
 
 
+_SECRET_IN_URI = re.compile(rb"(?i)([?&]secret=)[^&]*")
+
+
+class _Redacted:
+    """A request as the access log sees it, its ``secret`` parameter masked."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self.uri = _SECRET_IN_URI.sub(rb"\1***", request.uri)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
+def access_log_line(timestamp: str, request: Request) -> str:
+    """The combined log format, without the API secret ZLMediaKit clients put in URLs."""
+    return combinedLogFormatter(timestamp, _Redacted(request))
+
+
 def build_site(root: Resource) -> Site:
-    """A Site for the tree: JSON even for failures, quiet about each connection."""
-    site = Site(root, requestFactory=JsonErrorRequest)
+    """A Site for the tree: JSON even for failures, secrets kept out of the access log."""
+    site = Site(root, requestFactory=JsonErrorRequest, logFormatter=access_log_line)
     site.displayTracebacks = False
     site.noisy = False
     return site
