@@ -34,7 +34,6 @@ from gb28181talk.config import (
     ConfigError,
     ServiceConfig,
     build_config,
-    is_loopback,
     load_toml,
 )
 from gb28181talk.hooks import HookDeliverer
@@ -281,9 +280,10 @@ class GbTalkService(MultiService):
 
 
 def _default_advertise_ip(interface: str) -> str:
+    """The media interface when it is one address, else this host's outward address."""
     if interface and interface not in ("0.0.0.0", "::"):
         return interface
-    return outward_address() if not is_loopback(interface or "0.0.0.0") else "127.0.0.1"
+    return outward_address()
 
 
 def makeService(options: Options) -> IService:

@@ -166,9 +166,9 @@ class SessionResource(JsonResource):
 
     def on_DELETE(self, request: Request, args: RequestArgs) -> dict[str, Any]:
         session = self._session()
-        view = self.control.describe(session)
+        view = self.control.describe(session)  # with its wiring, forgotten once it ends
         session.stop()
-        view.update(session.describe(), local_ip=view["local_ip"])
+        view.update(session.describe())
         return {"session": view}
 
 

@@ -135,8 +135,7 @@ def boolean(args: Mapping[str, Any], name: str, default: bool) -> bool:
 
 def text(args: Mapping[str, Any], name: str, default: str | None = None,
          pattern: re.Pattern[str] | None = None, what: str = "") -> str | None:
-    """A string (checked against ``pattern``), or the default; required when default is None
-    and ``what`` is given."""
+    """A string matching ``pattern``, or the default; ``what`` makes it required."""
     value = _given(args, name)
     if value is None:
         if default is None and what:
