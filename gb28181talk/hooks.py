@@ -16,6 +16,7 @@ status; a receiver that stays down costs a log line per hook, nothing more.
 from __future__ import annotations
 
 import json
+from io import BytesIO
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
@@ -23,9 +24,8 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from gb28181talk.api import codes
@@ -34,28 +34,6 @@ from gb28181talk.interfaces import ISessionObserver
 log = Logger()
 
 HOOK_NAME = "on_send_rtp_stopped"
-
-
-@implementer(IBodyProducer)
-class _JsonBody:
-    """A request body already in memory."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self.data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class _BodyDrain(Protocol):
@@ -174,7 +152,9 @@ class HookDeliverer:
             log.warn(
                 "webhook {hook} for session {id} dropped: {pending} deliveries already waiting "
                 "for {url}",
-                hook=HOOK_NAME, id=body.get("session_id"), pending=len(self._pending),
+                hook=HOOK_NAME,
+                id=body.get("session_id"),
+                pending=len(self._pending),
                 url=self.url,
             )
             return None
@@ -202,23 +182,33 @@ class HookDeliverer:
             else:
                 if 200 <= status < 300:
                     self.delivered += 1
-                    log.debug("webhook {hook} for session {id} delivered",
-                              hook=HOOK_NAME, id=body.get("session_id"))
+                    log.debug(
+                        "webhook {hook} for session {id} delivered",
+                        hook=HOOK_NAME,
+                        id=body.get("session_id"),
+                    )
                     return True
                 error = f"HTTP status {status}"
         self.failed += 1
         log.warn(
             "webhook {hook} for session {id} ({reason}) not delivered to {url} after "
             "{attempts} attempts: {error}",
-            hook=HOOK_NAME, id=body.get("session_id"), reason=body.get("reason"), url=self.url,
-            attempts=self.retries + 1, error=error,
+            hook=HOOK_NAME,
+            id=body.get("session_id"),
+            reason=body.get("reason"),
+            url=self.url,
+            attempts=self.retries + 1,
+            error=error,
         )
         return False
 
     async def _post(self, data: bytes) -> int:
-        headers = Headers({b"content-type": [b"application/json; charset=utf-8"],
-                           b"user-agent": [b"gb28181talk"]})
-        request = self._agent.request(b"POST", self.url.encode("utf-8"), headers, _JsonBody(data))
+        headers = Headers(
+            {b"content-type": [b"application/json; charset=utf-8"], b"user-agent": [b"gb28181talk"]}
+        )
+        request = self._agent.request(
+            b"POST", self.url.encode("utf-8"), headers, FileBodyProducer(BytesIO(data))
+        )
         request.addTimeout(self.timeout, self._reactor)
         response = await request
         drain = _BodyDrain()

@@ -12,21 +12,20 @@ import functools
 import json
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from io import BytesIO
 from typing import Any
 from urllib.parse import urlencode
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
-from zope.interface import implementer
 
 from gb28181talk.config import ServiceConfig
 from gb28181talk.service import GbTalkService
@@ -57,23 +56,6 @@ async def until(condition: Callable[[], Any], timeout: float = 5.0, step: float 
             raise AssertionError("condition not met in time")
         await sleep(step)
         waited += step
-
-
-@implementer(IBodyProducer)
-class _Body:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self.data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class _Collector(Protocol):
@@ -140,7 +122,10 @@ async def call(
     raw_headers = Headers({name.encode(): [value.encode()] for name, value in header_map.items()})
     client = agent or Agent(reactor, pool=_POOL)
     response = await client.request(
-        method.encode(), url.encode(), raw_headers, _Body(body) if body is not None else None
+        method.encode(),
+        url.encode(),
+        raw_headers,
+        FileBodyProducer(BytesIO(body)) if body is not None else None,
     )
     data = await read_body(response)
     kind = (response.headers.getRawHeaders(b"content-type") or [b""])[0].decode()
@@ -178,8 +163,9 @@ class ServiceHarness:
     async def zlm(self, name: str, method: str = "GET", **kwargs: Any) -> Reply:
         return await call(method, self.url(f"/index/api/{name}"), **kwargs)
 
-    async def add_tone(self, app: str = "broadcast", stream: str = "tone",
-                       frequency: float = 440, **extra: Any) -> Reply:
+    async def add_tone(
+        self, app: str = "broadcast", stream: str = "tone", frequency: float = 440, **extra: Any
+    ) -> Reply:
         body = {"app": app, "stream": stream, "kind": "tone", "frequency": frequency, **extra}
         return await call("POST", self.url("/api/sources"), json_body=body)
 
