@@ -1,0 +1,442 @@
+"""Shared pieces of the service benchmarks: the service as a child process, /proc, HTTP, results.
+
+The service under test is the real ``twistd -n gbtalk`` in its own process;
+its CPU (user + system) and memory are read from ``/proc/PID`` so nothing in
+the service is instrumented.  The load generator (benchmarks/loadgen_api.py)
+is another process.  This module is imported by the benchmark scripts, which
+are run as ``.venv/bin/python benchmarks/NAME.py`` (so ``benchmarks/`` is on
+``sys.path``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import itertools
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+VENV_BIN = Path(sys.executable).parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SERVICE_CPU = 0
+"""The core the service is pinned to (when the machine has two or more); the load generator
+and the orchestrating script get the others, so they never take the service's core."""
+DEFAULT_PORT_RANGE = (21000, 27999)
+"""Talk ports for benchmarks: below Linux's ephemeral range (32768-60999), which the load
+generator's own outgoing device connections use."""
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The ``fraction`` quantile (nearest rank) of ``values``; 0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = min(len(ordered) - 1, max(0, int(fraction * len(ordered) + 0.5) - 1))
+    return float(ordered[rank])
+
+
+def summary(values: Sequence[float], digits: int = 3) -> dict[str, float]:
+    """Median, p99 and max of ``values`` (the figures every benchmark reports)."""
+    return {
+        "median": round(percentile(values, 0.5), digits),
+        "p99": round(percentile(values, 0.99), digits),
+        "max": round(max(values, default=0.0), digits),
+        "count": len(values),
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures came from: CPU model and count, kernel, Python, Twisted."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import twisted
+
+        twisted_version = twisted.__version__
+    except ImportError:  # pragma: no cover
+        twisted_version = "?"
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "twisted": twisted_version,
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+
+
+def write_result(name: str, report: dict[str, Any]) -> Path:
+    """Write ``report`` (plus the machine) to benchmarks/results/NAME.json; return the path."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine_info(), **report}, indent=2) + "\n")
+    return path
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A plain aligned table on stdout."""
+    cells = [[str(h) for h in headers]] + [[_cell(value) for value in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for index, row in enumerate(cells):
+        print("  ".join(value.rjust(width) for value, width in zip(row, widths, strict=True)))
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+# --------------------------------------------------------------------------- cores
+
+
+def other_cpus() -> set[int]:
+    """The cores left for load generation (all of them on a one-core machine)."""
+    cpus = os.sched_getaffinity(0) | {SERVICE_CPU}
+    return (cpus - {SERVICE_CPU}) or cpus
+
+
+def pin(cpus: set[int]) -> None:
+    """Pin this process to ``cpus`` (used in children before exec)."""
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, cpus)
+
+
+def pin_self_away_from_service() -> None:
+    """Keep this (orchestrating) process off the service's core."""
+    pin(other_cpus())
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy so far (from /proc/stat: everything but idle and iowait)."""
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return (sum(values[:8]) - idle) / CLOCK_TICKS
+
+
+def proc_rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` in KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def proc_fd_count(pid: int) -> int:
+    """Open file descriptors of ``pid``."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def proc_socket_count(pid: int) -> int:
+    """Open sockets of ``pid``."""
+    count = 0
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                count += 1
+        except OSError:
+            continue
+    return count
+
+
+@dataclass
+class ProcSampler:
+    """Samples a process's CPU seconds and RSS every ``interval`` seconds on a thread."""
+
+    pid: int
+    interval: float = 1.0
+    samples: list[tuple[float, float, int, float]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self.samples.append(
+                    (
+                        time.monotonic(),
+                        proc_cpu_seconds(self.pid),
+                        proc_rss_kib(self.pid),
+                        machine_busy_seconds(),
+                    )
+                )
+            except OSError:
+                return
+            next_at += self.interval
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def window(self, start: float, end: float) -> dict[str, Any]:
+        """CPU % of one core per interval (median, p99, mean) and RSS between two instants.
+
+        ``machine_busy_percent`` is every process's CPU (out of 100 % per core), so a
+        reader can see what else ran beside the service.
+        """
+        inside = [sample for sample in self.samples if start <= sample[0] <= end]
+        percents = [
+            (b[1] - a[1]) / (b[0] - a[0]) * 100
+            for a, b in itertools.pairwise(inside)
+            if b[0] > a[0]
+        ]
+        mean = (
+            (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0]) * 100
+            if len(inside) > 1
+            else 0.0
+        )
+        busy = (
+            (inside[-1][3] - inside[0][3]) / (inside[-1][0] - inside[0][0]) * 100
+            if len(inside) > 1
+            else 0.0
+        )
+        return {
+            "cpu_percent": {**summary(percents, 1), "mean": round(mean, 1)},
+            "machine_busy_percent": round(busy, 1),
+            "rss_kib_max": max((sample[2] for sample in inside), default=0),
+            "rss_kib_last": inside[-1][2] if inside else 0,
+        }
+
+
+# --------------------------------------------------------------------------- the service
+
+
+def free_tcp_port() -> int:
+    """A free loopback port for the API (the kernel picks it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class ServiceProcess:
+    """``twistd -n gbtalk`` as a child process on loopback; stop() ends it with SIGTERM."""
+
+    def __init__(
+        self,
+        port_range: tuple[int, int] = DEFAULT_PORT_RANGE,
+        wait_timeout: float = 5.0,
+        extra: Sequence[str] = (),
+        log_name: str = "service",
+        python_prefix: Sequence[str] = (),
+        pinned: bool = True,
+    ) -> None:
+        self.port_range = port_range
+        self.pinned = pinned
+        self.api_port = free_tcp_port()
+        RESULTS.mkdir(exist_ok=True)
+        self.log_path = RESULTS / f"{log_name}.log"
+        self.command = [
+            *python_prefix,
+            str(VENV_BIN / "twistd"),
+            "-n",
+            "--pidfile=",
+            f"--logfile={self.log_path}",
+            "gbtalk",
+            "--api",
+            f"tcp:{self.api_port}:interface=127.0.0.1",
+            "--port-range",
+            f"{port_range[0]}-{port_range[1]}",
+            "--media-interface",
+            "127.0.0.1",
+            "--advertise-ip",
+            "127.0.0.1",
+            "--wait-timeout",
+            f"{wait_timeout:g}",
+            *extra,
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+        self.api: Api | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, ready_timeout: float = 20.0) -> None:
+        """Start the service and wait (bounded) until /api/health answers."""
+        if self.log_path.exists():
+            self.log_path.unlink()
+        cpus = {SERVICE_CPU} if self.pinned and (os.cpu_count() or 1) > 1 else None
+        self.process = subprocess.Popen(
+            self.command,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=(lambda: pin(cpus)) if cpus else None,
+        )
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"the service exited with {self.process.returncode}; see {self.log_path}"
+                )
+            try:
+                api = Api("127.0.0.1", self.api_port)
+                if api.call("GET", "/api/health")["code"] == 0:
+                    self.api = api
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"the service did not answer within {ready_timeout} s")
+
+    def cpu_seconds(self) -> float:
+        return proc_cpu_seconds(self.pid)
+
+    def rss_kib(self) -> int:
+        return proc_rss_kib(self.pid)
+
+    def fd_count(self) -> int:
+        return proc_fd_count(self.pid)
+
+    def metrics(self) -> dict[str, float]:
+        """The /metrics page as {name{labels}: value}."""
+        assert self.api is not None
+        text = self.api.raw("GET", "/metrics").decode()
+        values: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, wait (bounded), then SIGKILL; returns the exit status."""
+        if self.api is not None:
+            self.api.close()
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(5)
+
+    def __enter__(self) -> ServiceProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Api:
+    """A blocking keep-alive JSON client for the orchestrating script's few calls."""
+
+    def __init__(self, host: str, port: int, timeout: float = 30.0) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+        self._connection: http.client.HTTPConnection | None = None
+
+    def raw(self, method: str, path: str, body: Any = None) -> bytes:
+        for attempt in range(2):
+            if self._connection is None:
+                self._connection = http.client.HTTPConnection(
+                    self.host, self.port, timeout=self.timeout
+                )
+            try:
+                data = json.dumps(body).encode() if body is not None else None
+                headers = {"content-type": "application/json"} if data is not None else {}
+                self._connection.request(method, path, body=data, headers=headers)
+                return self._connection.getresponse().read()
+            except (http.client.HTTPException, ConnectionError):
+                self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        reply: dict[str, Any] = json.loads(self.raw(method, path, body))
+        return reply
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+# --------------------------------------------------------------------------- the load generator
+
+
+def run_loadgen(job: dict[str, Any], on_line: Any = None, timeout: float = 3600.0) -> dict:
+    """Run benchmarks/loadgen_api.py with ``job`` (JSON on stdin); return its final report.
+
+    Each line it prints before the report (``{"event": ...}``) goes to ``on_line``
+    as it comes, so the caller can start sampling when measuring starts.
+    """
+    cpus = other_cpus()
+    process = subprocess.Popen(
+        [sys.executable, str(HERE / "loadgen_api.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: pin(cpus),
+    )
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(json.dumps(job))
+    process.stdin.close()
+    killer = threading.Timer(timeout, process.kill)
+    killer.start()
+    report: dict[str, Any] | None = None
+    try:
+        for line in process.stdout:
+            message = json.loads(line)
+            if "event" in message:
+                if on_line is not None:
+                    on_line(message)
+            else:
+                report = message
+        process.wait(30)
+    finally:
+        killer.cancel()
+    if report is None:
+        raise RuntimeError(f"the load generator ended with {process.returncode} and no report")
+    return report
+
+
+def now() -> float:
+    """The clock every process here shares (CLOCK_MONOTONIC)."""
+    return time.monotonic()
