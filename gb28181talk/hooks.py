@@ -25,6 +25,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
@@ -37,7 +38,13 @@ HOOK_NAME = "on_send_rtp_stopped"
 
 
 class _BodyDrain(Protocol):
-    """Reads a reply's body to its end (its content does not matter to us)."""
+    """Reads a reply's body to its end (its content does not matter to us).
+
+    The status code alone decides whether a hook was delivered; the body only
+    has to end.  A reply without Content-Length (an HTTP/1.0 receiver such as
+    ``python3 -m http.server``) ends when the receiver closes the connection,
+    which Twisted reports as ``PotentialDataLoss``: that is a normal end too.
+    """
 
     def __init__(self) -> None:
         self.done: Deferred[None] = Deferred(lambda _: self._abort())
@@ -53,7 +60,7 @@ class _BodyDrain(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.done.called:
             return
-        if reason.check(ResponseDone):
+        if reason.check(ResponseDone, PotentialDataLoss):
             self.done.callback(None)
         else:
             self.done.errback(reason)

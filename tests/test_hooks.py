@@ -120,8 +120,47 @@ class HookDeliveryTests(unittest.TestCase):
         assert sorted(body["reason"] for body in self.receiver.bodies) == ["shutdown"] * 2
 
 
+class _Http10Receiver(Protocol):
+    """An HTTP/1.0 receiver: reads one request, answers 200 without Content-Length, closes."""
+
+    def __init__(self, posts: list[bytes]) -> None:
+        self.posts = posts
+        self.buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        head, found, body = self.buffer.partition(b"\r\n\r\n")
+        if not found:
+            return
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if len(body) < length:
+            return
+        self.posts.append(head.split(b"\r\n")[0])
+        self.transport.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n"
+                             b'{"code": 0, "msg": "success"}')
+        self.transport.loseConnection()
+
+
 class HookRetryTests(unittest.TestCase):
     timeout = 20
+
+    @async_test
+    async def test_an_http_1_0_reply_without_content_length_is_delivered_once(self) -> None:
+        posts: list[bytes] = []
+        factory = Factory.forProtocol(lambda: _Http10Receiver(posts))
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        hooks = HookDeliverer(reactor, f"http://127.0.0.1:{port.getHost().port}/index/hook",
+                              retries=3, backoff=0.05)
+        delivered = await hooks.send({"session_id": "s1", "reason": "stopped"})
+        await sleep(0.3)  # a wrongly retried POST would arrive within the back-off
+        assert delivered is True
+        assert posts == [b"POST /index/hook/on_send_rtp_stopped HTTP/1.1"]
+        assert (hooks.delivered, hooks.failed) == (1, 0)
 
     @async_test
     async def test_failed_attempts_are_retried_with_back_off(self) -> None:
