@@ -140,6 +140,7 @@ class SessionStats:
     packets_received: int = 0
     bytes_received: int = 0
     invalid_packets: int = 0
+    rtcp_packets: int = 0
     ssrc_violations: int = 0
     refused_connections: int = 0
     jitter_mean_ms: float = 0.0

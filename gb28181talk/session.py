@@ -47,6 +47,9 @@ log = Logger()
 PS_TICKS_PER_FRAME = 90_000 * FRAME_MS // 1000
 """RTP timestamp ticks per 20 ms frame for PS payloads (90 kHz clock)."""
 
+_RTCP_PACKET_TYPES = frozenset(range(200, 205))
+"""SR, RR, SDES, BYE, APP: second byte of an RTCP packet (RFC 3550, RFC 5761 demux)."""
+
 _RTP_HEADER = struct.Struct("!BBHII")
 _FRAMED_RTP_HEADER = struct.Struct("!HBBHII")
 
@@ -147,6 +150,7 @@ class TalkSession(ServerFactory):
         self._packets_received = 0
         self._bytes_received = 0
         self._invalid_packets = 0
+        self._rtcp_packets = 0
         self._ssrc_violations = 0
         self._refused = 0
         self._learned_ssrc: int | None = None
@@ -157,11 +161,20 @@ class TalkSession(ServerFactory):
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
-        """Lease the port and wait for the device; raises PortError and leaves nothing behind."""
+        """Lease the port and wait for the device; on any failure nothing is left behind."""
         self._lease = self._pool.listen(self, owner=self.id, port=self.params.src_port)
         self.port = self._lease.port
-        self._wait_call = self._reactor.callLater(self.params.wait_timeout, self._wait_expired)
-        self._pacer.attach(self.source, self)
+        try:
+            self._wait_call = self._reactor.callLater(
+                self.params.wait_timeout, self._wait_expired
+            )
+            self._pacer.attach(self.source, self)
+        except BaseException:
+            self._cancel_timers()
+            self._release_lease()
+            self._pacer.detach(self.source, self)
+            self.state = SessionState.CLOSED
+            raise
         self._observer.session_started(self)
 
     def stop(self, reason: EndReason = EndReason.STOPPED) -> bool:
@@ -204,8 +217,14 @@ class TalkSession(ServerFactory):
             self._lease = None
 
     def _close_connection(self, abort: bool) -> None:
+        """Close the device connection now; abort if bytes still wait for a device not reading.
+
+        A plain loseConnection waits for Twisted's buffer to drain, which for a
+        stuck device is never: the descriptor would outlive the session.
+        """
         protocol, self._protocol = self._protocol, None
         if self._writer is not None:
+            abort = abort or self._writer.queued > 0
             self._writer.close()
             self._writer = None
         if protocol is None or protocol.transport is None:
@@ -405,6 +424,11 @@ class TalkSession(ServerFactory):
                 return
 
     def _packet_from_device(self, packet: bytes) -> None:
+        if len(packet) > 1 and packet[1] in _RTCP_PACKET_TYPES:
+            # RTCP multiplexed on the talk connection (RFC 5761): not audio, and its
+            # sender SSRC must not be learnt or counted as a violation.
+            self._rtcp_packets += 1
+            return
         try:
             rtp = parse_rtp(packet)
         except MediaError:
@@ -474,6 +498,7 @@ class TalkSession(ServerFactory):
             packets_received=self._packets_received,
             bytes_received=self._bytes_received,
             invalid_packets=self._invalid_packets,
+            rtcp_packets=self._rtcp_packets,
             ssrc_violations=self._ssrc_violations,
             refused_connections=self._refused,
             jitter_mean_ms=self._jitter_total / self._jitter_count if self._jitter_count else 0.0,

@@ -436,3 +436,44 @@ def test_invalid_params_are_rejected_with_every_problem() -> None:
         params(packet_ms=30, wait_timeout=0, src_port=70000)
     message = str(caught.value)
     assert "30 ms" in message and "wait timeout" in message and "70000" in message
+
+
+def test_rtcp_on_the_uplink_is_skipped_not_learnt_as_ssrc() -> None:
+    _, session, device, sink, _ = two_way(SsrcPolicy.LEARN)
+    # An RTCP sender report (PT 200) first: its sender SSRC must not be adopted.
+    sender_report = bytes([0x80, 200, 0, 6]) + (777).to_bytes(4, "big") + bytes(20)
+    device.send(frame_rfc4571(sender_report) + device_packet(SSRC, 1) + device_packet(SSRC, 2))
+    assert len(sink.chunks) == 2
+    assert session.stats.ssrc_violations == 0 and session.stats.rtcp_packets == 1
+
+
+def test_strict_policy_does_not_count_rtcp_as_violations() -> None:
+    _, session, device, sink, _ = two_way(SsrcPolicy.STRICT)
+    receiver_report = bytes([0x81, 201, 0, 7]) + (5).to_bytes(4, "big") + bytes(24)
+    device.send(frame_rfc4571(receiver_report) + device_packet(SSRC, 1))
+    assert len(sink.chunks) == 1 and session.stats.ssrc_violations == 0
+
+
+def test_a_start_that_fails_after_binding_leaves_nothing_behind() -> None:
+    reactor, manager, observer = make()
+
+    def broken_attach(source, listener):
+        raise RuntimeError("attach failed")
+
+    manager.pacer.attach = broken_attach
+    with pytest.raises(RuntimeError):
+        manager.start(params(), tone_source())
+    assert manager.pool.leased_count == 0 and manager.sessions() == []
+    assert not reactor.getDelayedCalls() and observer.events == []
+
+
+def test_stop_aborts_a_device_that_is_not_reading() -> None:
+    reactor, manager, _ = make()
+    session = manager.start(params(preroll_ms=0), tone_source())
+    device = FakeDevice()
+    device.connect(reactor, session.port)
+    device.stop_reading()
+    for _ in range(10):
+        reactor.advance(0.02)
+    session.stop()
+    assert device.transport.disconnected, "aborted at once, not waiting for a drain"

@@ -188,3 +188,23 @@ class LoopbackTalkTests(TestCase):
                 break
         self.assertEqual(session.end_reason, "send-stalled")
         self.assertGreater(session.stats.packets_dropped, 0)
+
+    @inlineCallbacks
+    def test_stop_closes_a_stuck_device_connection_at_once(self):
+        session = self.manager.start(
+            SessionParams(key=key(), packet_ms=100, max_send_buffer=4096, stall_timeout=60),
+            ListSource([b"\x10\x20" * 160] * 5, loop=True),
+        )
+        stuck = socket.socket()
+        self.addCleanup(stuck.close)
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        stuck.connect(("127.0.0.1", session.port))  # and never reads
+        for _ in range(100):
+            yield sleep(0.1)
+            if session._writer is not None and session._writer.queued:
+                break
+        self.assertTrue(session._writer.queued, "bytes wait in Twisted's buffer")
+        server_socket = session._protocol.transport.getHandle()
+        session.stop()
+        yield sleep(0.1)
+        self.assertEqual(server_socket.fileno(), -1, "the talk socket is closed, not draining")
