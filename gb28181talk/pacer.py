@@ -66,10 +66,16 @@ class SourceTap:
         source = self.source
         self.index += 1
         self.now = now
-        self.pcm = source.read_frame()
         self._encoded = {}
+        try:
+            self.pcm = source.read_frame()
+            ended = self.pcm is None and source.ended
+        except Exception:
+            # A broken source (a plug-in's bug) ends for its listeners; the clock goes on.
+            log.failure("pacer: source {source!r} failed; ending it", source=source)
+            self.pcm = None
+            ended = True
         listeners = tuple(self.listeners)
-        ended = self.pcm is None and source.ended
         for listener in listeners:
             try:
                 if ended:

@@ -214,8 +214,12 @@ class PortPool:
         return self._free.get(port) == ticket
 
     def _listen_explicit(self, factory: ServerFactory, owner: str, port: int) -> Lease:
-        if not 1 <= port <= HIGHEST_PORT:
-            raise PortInUseError(port, f"it is not a TCP port number (1-{HIGHEST_PORT})")
+        if not LOWEST_PORT <= port <= HIGHEST_PORT:
+            raise PortInUseError(
+                port,
+                f"talk ports must be in {LOWEST_PORT}-{HIGHEST_PORT} (below {LOWEST_PORT} are "
+                "system services' ports); leave src_port empty to use the pool",
+            )
         held = self._leases.get(port)
         if held is not None:
             raise PortInUseError(
@@ -238,6 +242,7 @@ class PortPool:
 
     def _listen_from_pool(self, factory: ServerFactory, owner: str) -> Lease:
         held_elsewhere: list[int] = []
+        last_error = ""
         try:
             for port in self._candidates():
                 try:
@@ -251,6 +256,7 @@ class PortPool:
                         error=failure.socketError,
                     )
                     held_elsewhere.append(port)
+                    last_error = str(failure.socketError)
                     if len(held_elsewhere) >= self.bind_attempts:
                         break
                     continue
@@ -267,7 +273,8 @@ class PortPool:
             )
         raise PoolExhaustedError(
             f"could not bind any of the {len(held_elsewhere)} pool ports tried "
-            f"({', '.join(map(str, held_elsewhere))}): other processes hold them; "
+            f"({', '.join(map(str, held_elsewhere))}) on {self.interface or '*'}: "
+            f"{last_error}; other processes may hold them, or the address is not this host's; "
             f"{self.free_count} of {self.size} ports in {self.low}-{self.high} are not leased "
             f"by us; widen or move the port range"
         )

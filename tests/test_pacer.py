@@ -654,3 +654,23 @@ def test_timer_scheduled_iff_some_source_has_listeners(
         assert all(frames <= 3 for frames in per_tick)
         for source in sources:
             assert source.reads <= pacer.stats.frames
+
+
+class _BrokenSource(ListSource):
+    """A plug-in source whose read_frame raises."""
+
+    def read_frame(self) -> bytes | None:
+        raise RuntimeError("decoder crashed")
+
+
+def test_a_failing_source_ends_for_its_listeners_and_the_clock_goes_on() -> None:
+    clock = Clock()
+    pacer = Pacer(clock)
+    healthy = ListSource.counting(100, loop=True)
+    broken_listener, healthy_listener = Recorder(), Recorder()
+    pacer.attach(_BrokenSource([]), broken_listener)
+    pacer.attach(healthy, healthy_listener)
+    for _ in range(5):
+        clock.advance(0.02)
+    assert len(broken_listener.ended) == 1
+    assert healthy.reads >= 5 and pacer.running

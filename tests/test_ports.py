@@ -111,13 +111,14 @@ def test_explicit_port_held_by_another_process_names_the_port() -> None:
     assert sorted(lease_all(pool)) == list(range(LOW, HIGH + 1))
 
 
-@pytest.mark.parametrize("port", [-1, 65536, 70000])
-def test_explicit_port_outside_1_65535_is_refused(port: int) -> None:
+@pytest.mark.parametrize("port", [-1, 1, 80, 1023, 65536, 70000])
+def test_explicit_port_outside_1024_65535_is_refused(port: int) -> None:
     memory, pool = pool_of()
     with pytest.raises(PortInUseError) as caught:
         pool.listen(factory(), "s1", port=port)
     assert str(caught.value) == (
-        f"port {port} cannot be used: it is not a TCP port number (1-{HIGHEST_PORT})"
+        f"port {port} cannot be used: talk ports must be in 1024-{HIGHEST_PORT} (below 1024 "
+        "are system services' ports); leave src_port empty to use the pool"
     )
     assert memory.tcpServers == []
     assert pool.leases() == []
@@ -217,7 +218,7 @@ def test_bind_attempts_bound_the_tries_and_the_message_lists_them() -> None:
     assert f"could not bind any of the 3 pool ports tried ({', '.join(map(str, order[:3]))})" in (
         message
     )
-    assert "other processes hold them" in message
+    assert "Address already in use" in message and "other processes may hold them" in message
     assert "10 of 10 ports in 30000-30009 are not leased by us" in message
     assert memory.tcpServers == []
     assert pool.leases() == []
