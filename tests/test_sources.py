@@ -279,6 +279,16 @@ def test_file_source_bad_wav_names_it(tmp_path: Path) -> None:
     assert "WAV" in str(info.value)
 
 
+def test_file_source_error_never_quotes_a_file_that_is_not_audio(tmp_path: Path) -> None:
+    path = tmp_path / "passwd"
+    path.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(SourceError) as info:
+        SourceRegistry().create({"app": "a", "stream": "s", "kind": "file", "path": str(path)})
+    said = str(info.value).replace(str(path), "<path>")
+    assert "not a RIFF/WAVE file" in said
+    assert "root" not in said and "/bin/bash" not in said
+
+
 def test_file_source_refuses_a_directory_and_an_empty_file(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="not a regular file"):
         FileSource("live", "f", str(tmp_path))

@@ -231,8 +231,8 @@ PCM_8K = wav_bytes(speech(16, 1))
             riff(chunk(b"fmt ", fmt_body(0xFFFE, 1, 8000, 16)), chunk(b"data", b"")),
             "the WAVE_FORMAT_EXTENSIBLE fmt chunk is 16 bytes, not 40",
         ),
-        (b"ID3\x04" + bytes(40), "not a WAV file"),
-        (b"RIFF\x24\x00\x00\x00AVI " + bytes(40), "not a WAV file"),
+        (b"ID3\x04" + bytes(40), "not a RIFF/WAVE file"),
+        (b"RIFF\x24\x00\x00\x00AVI " + bytes(40), "not a RIFF/WAVE file"),
         (b"RIFX" + PCM_8K[4:], "big-endian"),
         (b"RF64" + PCM_8K[4:], "RF64"),
         (b"", "0 bytes is too short for a WAV file"),
@@ -253,6 +253,26 @@ def test_refusals_name_the_file_and_the_problem(blob: bytes, message: str) -> No
         read_wav(blob)
     with pytest.raises(WavError, match=f"^announce.wav: .*{message}"):
         read_wav(blob, name="announce.wav")
+
+
+def test_a_file_that_is_not_wav_is_never_quoted(tmp_path: Path) -> None:
+    secret = tmp_path / "shadow"
+    secret.write_bytes(b"root:*:19000:0:99999:7:::\ndaemon:*:19000::::::\n")
+    with pytest.raises(WavError) as raised:
+        read_wav(secret)
+    assert str(raised.value) == (
+        f"{secret}: not a RIFF/WAVE file; give a WAV file (16-bit PCM, A-law or µ-law)"
+    )
+    said = str(raised.value)[len(str(secret)):]
+    for fragment in ("root", "19000", "daemon", ":*:"):
+        assert fragment not in said
+
+
+def test_a_chunk_id_that_is_not_text_is_not_quoted() -> None:
+    blob = riff(chunk(b"\xffk\x00y", bytes(8), size=1000), chunk(b"fmt ", fmt_body(1, 1, 8000, 16)))
+    with pytest.raises(WavError, match="inside a 'unknown' chunk") as raised:
+        read_wav(blob)
+    assert "\\x" not in str(raised.value) and "\xff" not in str(raised.value)
 
 
 def test_refusal_names_the_path(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ _FORMAT_NAMES = {
 }
 _TO_16BIT_PCM = "convert to 16-bit PCM (sox in.wav -b 16 -e signed-integer out.wav)"
 _RATES = ", ".join(str(rate) for rate in SUPPORTED_RATES)
+_CHUNK_ID = re.compile(rb"[A-Za-z0-9 ]{4}")
+"""A chunk id worth naming in an error (anything else is not quoted)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +137,9 @@ def _parse(blob: bytes, label: str) -> WavAudio:
     if riff == b"RF64":
         raise WavError(f"{label}: RF64 (over 4 GiB) WAV is not supported; {_TO_16BIT_PCM}")
     if riff != b"RIFF" or form != b"WAVE":
+        # Never quote the file's bytes: the path may name any file the service can read.
         raise WavError(
-            f"{label}: not a WAV file: it starts {blob[:12]!r}, not RIFF....WAVE; {_TO_16BIT_PCM}"
+            f"{label}: not a RIFF/WAVE file; give a WAV file (16-bit PCM, A-law or µ-law)"
         )
     fmt, data, cut_in = _find_chunks(blob, label)
     truncated = f" (the file is cut short inside a {cut_in!r} chunk)" if cut_in else ""
@@ -172,7 +176,7 @@ def _find_chunks(blob: bytes, label: str) -> tuple[bytes | None, bytes | None, s
             # Some recorders never fix up the size (or write 0xFFFFFFFF): take what is there.
             data = blob[start:end]
         elif end > len(blob):
-            cut_in = chunk_id.decode("latin-1")
+            cut_in = chunk_id.decode("latin-1") if _CHUNK_ID.fullmatch(chunk_id) else "unknown"
         offset = end + (size & 1)  # chunks are padded to an even length
     return fmt, data, cut_in
 
