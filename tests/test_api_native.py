@@ -140,7 +140,8 @@ class NativeApiTests(unittest.TestCase):
         view = ps.json["session"]
         assert (view["packaging"], view["pt"], view["codec"]) == ("ps", 96, "PCMU")
         assert (view["packet_ms"], view["framing"]) == (40, "none")
-        same = await self.start_session(packaging="ps")
+        same = await self.start_session(packaging="ps", codec="pcmu", packet_ms=40,
+                                        wait_timeout=2.5, framing="none")
         assert same.json["session"]["id"] == view["id"], "a live key gets its session again"
         fresh = await self.start_session(replace=True)
         assert fresh.json["session"]["id"] != view["id"]
@@ -166,6 +167,81 @@ class NativeApiTests(unittest.TestCase):
         busy = await self.start_session(ssrc=98, src_port=busy_port)
         assert (busy.status, busy.json["code"]) == (409, codes.EXCEPTION)
         assert str(busy_port) in busy.json["msg"]
+
+    @async_test
+    async def test_a_connected_session_is_found_again_unless_replaced(self) -> None:
+        await self.harness.add_tone()
+        first = (await self.start_session(packet_ms=40)).json["session"]
+        device = await connect_device(first["local_port"])
+        await until(lambda: len(device.received) > 0)
+        again = await self.start_session(packet_ms=40)
+        assert (again.status, again.json["code"]) == (200, 0), again.json
+        assert again.json["session"]["id"] == first["id"], "retried signalling: same session"
+        assert again.json["session"]["state"] == "streaming"
+        assert not device.closed.called, "the connected device keeps its audio"
+        replaced = await self.start_session(packet_ms=40, replace=True)
+        assert replaced.json["code"] == 0, replaced.json
+        assert replaced.json["session"]["id"] != first["id"]
+        assert replaced.json["session"]["state"] == "listening"
+        await device.closed
+
+    @async_test
+    async def test_a_retry_with_other_settings_is_refused_naming_them(self) -> None:
+        await self.harness.add_tone()
+        first = (await self.start_session(packet_ms=40)).json
+        port = first["local_port"]
+        other = self.harness.low if port != self.harness.low else self.harness.high
+        reply = await self.start_session(packet_ms=100, codec="pcmu", src_port=other)
+        assert (reply.status, reply.json["code"]) == (409, codes.INVALID_ARGS), reply.json
+        msg = reply.json["msg"]
+        for words in (f"src_port {port} (asked {other})", "codec PCMA (asked PCMU)",
+                      "packet_ms 40 (asked 100)", "pt 8 (asked 0)", '"replace": true'):
+            assert words in msg, (words, msg)
+        assert "packaging" not in msg and "framing" not in msg
+        for fields, word in [({"packaging": "ps"}, "packaging raw (asked ps)"),
+                             ({"framing": "none"}, "framing rfc4571 (asked none)"),
+                             ({"pt": 97}, "pt 8 (asked 97)"),
+                             ({"two_way": True}, "two_way False (asked True)")]:
+            refused = await self.start_session(packet_ms=40, **fields)
+            assert refused.status == 409 and word in refused.json["msg"], refused.json
+        [session] = self.harness.service.manager.sessions()
+        assert session.id == first["session"]["id"] and session.params.packet_ms == 40
+        same_port = await self.start_session(packet_ms=40, src_port=port)
+        assert same_port.json["session"]["id"] == first["session"]["id"], "its own port matches"
+
+    @async_test
+    async def test_replace_with_the_same_explicit_port_gets_that_port(self) -> None:
+        await self.harness.add_tone()
+        port = self.harness.low
+        first = await self.start_session(src_port=port)
+        assert (first.json["code"], first.json["local_port"]) == (0, port), first.json
+        again = await self.start_session(src_port=port, codec="pcmu", replace=True)
+        assert (again.status, again.json["code"]) == (200, 0), again.json
+        assert again.json["local_port"] == port
+        assert again.json["session"]["id"] != first.json["session"]["id"]
+        assert again.json["session"]["codec"] == "PCMU"
+        device = await connect_device(port)
+        await until(lambda: len(device.received) > 0)
+        streaming = await self.start_session(src_port=port, replace=True)
+        assert (streaming.json["code"], streaming.json["local_port"]) == (0, port), streaming.json
+        await device.closed
+        [session] = self.harness.service.manager.sessions()
+        assert session.id == streaming.json["session"]["id"]
+
+    @async_test
+    async def test_a_refused_replace_leaves_the_old_session_alone(self) -> None:
+        await self.harness.add_tone()
+        first = (await self.start_session()).json["session"]
+        taken = (await self.start_session(ssrc=5)).json["local_port"]
+        busy = await self.start_session(src_port=taken, replace=True)
+        assert (busy.status, busy.json["code"]) == (409, codes.EXCEPTION), busy.json
+        assert f"port {taken}" in busy.json["msg"]
+        name_taken = await self.start_session(recv_stream_id="tone", replace=True)
+        assert (name_taken.status, name_taken.json["code"]) == (409, codes.INVALID_ARGS)
+        assert "recv_stream_id" in name_taken.json["msg"]
+        manager = self.harness.service.manager
+        assert first["id"] in {session.id for session in manager.sessions()}
+        assert manager.get(first["id"]).state.value == "listening"
 
     @async_test
     async def test_pool_health_and_metrics(self) -> None:

@@ -79,6 +79,23 @@ class ZlmApiTests(unittest.TestCase):
         assert session.port == again.json["local_port"]
 
     @async_test
+    async def test_a_different_call_for_a_waiting_key_replaces_it(self) -> None:
+        await self.harness.add_tone()
+        first = (await self.start(use_ps="0", pt="8")).json["local_port"]
+        [old] = self.harness.service.manager.sessions()
+        again = await self.start(use_ps="0", pt="0")
+        assert again.json["code"] == 0, again.json
+        [session] = self.harness.service.manager.sessions()
+        assert session is not old and old.end_reason.value == "stopped"
+        assert (session.params.law, session.params.rtp_payload_type) == (Law.ULAW, 0)
+        assert session.port == again.json["local_port"]
+        await until(lambda: port_is_free(first) or first == session.port, timeout=1)
+        same_port = await self.start(use_ps="0", pt="8", src_port=str(session.port))
+        assert same_port.json == {"code": 0, "local_port": session.port}, same_port.json
+        [newest] = self.harness.service.manager.sessions()
+        assert newest is not session and newest.params.law is Law.ALAW
+
+    @async_test
     async def test_arguments_from_form_and_json_bodies_with_the_query_winning(self) -> None:
         await self.harness.add_tone()
         form = await self.harness.zlm(

@@ -1,6 +1,7 @@
 """What every API resource shares: request arguments, the secret, JSON replies, errors.
 
-A handler returns a dict (the reply, ``code`` 0 added) or raises
+A handler returns a dict (the reply, ``code`` 0 added), or a Deferred
+firing with one (the answer then leaves when it fires), or raises
 :class:`ApiError`; anything else it raises becomes ``{"code": -1}`` with
 the failure logged.  No request ever gets an HTML page or a traceback.
 """
@@ -14,9 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from gb28181talk.api import codes
 
@@ -243,7 +246,7 @@ class JsonResource(Resource):
             return self
         return NotFoundResource(self.auth, self.http_errors, self.hint)
 
-    def render(self, request: Request) -> bytes:
+    def render(self, request: Request) -> bytes | int:
         args = RequestArgs(request)
         method = request.method.decode("ascii", "replace").upper()
         try:
@@ -251,16 +254,49 @@ class JsonResource(Resource):
             if not self.public:
                 self.check_secret(args)
             reply = handler(request, args)
-        except ApiError as error:
-            return error_body(request, error, self.http_errors)
         except Exception:
-            log.failure("API request {method} {path} failed", method=method, path=args.path)
-            return error_body(
-                request,
-                ApiError(codes.OTHER_FAILED, "internal error; the service log has the details",
-                         500),
-                self.http_errors,
-            )
+            return self._failure_body(request, Failure(), method, args)
+        if isinstance(reply, Deferred):
+            return self._render_later(request, reply, method, args)
+        return self._reply_body(request, reply)
+
+    def _failure_body(self, request: Request, failure: Failure, method: str,
+                      args: RequestArgs) -> bytes:
+        """The JSON of a handler's failure: its ApiError, or -1 with the failure logged."""
+        error = failure.check(ApiError) and failure.value
+        if not isinstance(error, ApiError):
+            log.failure("API request {method} {path} failed", failure=failure, method=method,
+                        path=args.path)
+            error = ApiError(codes.OTHER_FAILED,
+                             "internal error; the service log has the details", 500)
+        return error_body(request, error, self.http_errors)
+
+    def _render_later(self, request: Request, reply: Deferred[Any], method: str,
+                      args: RequestArgs) -> bytes | int:
+        """Answer when ``reply`` fires (now if it has); nothing if the client has gone."""
+        bodies: list[bytes] = []
+        waiting = reply.addCallbacks(
+            lambda result: self._reply_body(request, result),
+            lambda failure: self._failure_body(request, failure, method, args),
+        )
+        waiting.addErrback(lambda failure: self._failure_body(request, failure, method, args))
+        waiting.addCallback(bodies.append)
+        if bodies:
+            return bodies[0]
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def answer(_: None) -> None:
+            if gone or request.finished:
+                return
+            request.setHeader(b"content-length", b"%d" % len(bodies[0]))
+            request.write(bodies[0])
+            request.finish()
+
+        waiting.addCallback(answer)
+        return NOT_DONE_YET
+
+    def _reply_body(self, request: Request, reply: Any) -> bytes:
         if isinstance(reply, TextReply):
             request.setResponseCode(200)
             request.setHeader(b"content-type", reply.content_type.encode("ascii"))

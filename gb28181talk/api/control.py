@@ -2,7 +2,10 @@
 
 Both APIs go through :class:`TalkControl`, so a session started by
 ZLMediaKit's ``startSendRtpPassive`` and one started by ``POST /api/sessions``
-behave alike: same idempotence, same two-way wiring, same error codes.
+behave alike: same idempotence for a retried call, same two-way wiring, same
+error codes.  They differ only for a key whose live session was asked for
+with other settings, or is connected: the native API refuses without
+``replace``, ZLMediaKit's replaces (as ZLMediaKit re-creates the sender).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import contextlib
 import os
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -53,6 +57,7 @@ class TalkControl:
         self.advertise_ip = advertise_ip
         self._device_sources: dict[str, DeviceAudioSource] = {}
         self._recorders: dict[str, WavRecorder] = {}
+        self._recv_stream_ids: dict[str, str | None] = {}
         manager.add_observer(self)
 
     # -- starting
@@ -74,24 +79,89 @@ class TalkControl:
             )
         return source
 
-    def start(self, request: StartRequest) -> TalkSession:
-        """Start a session (or return the live one with the same key); ApiError on refusal."""
-        params = request.params
-        key = params.key
+    def start(self, request: StartRequest) -> Deferred[TalkSession]:
+        """Start a session, or find again the live one with the same key; ApiError on refusal.
+
+        A live session with the same key and the same settings is the answer
+        (a retried call gets the port it was given).  Otherwise: the native
+        API refuses different settings unless ``replace``; ZLMediaKit's
+        replaces a waiting session asked for with different settings and
+        takes over a connected one (as ZLMediaKit does with a sender of the
+        same SSRC).  A replacement is checked first; then the old session
+        stops, its port is really closed, and the new one starts (so it can
+        have the same explicit ``src_port``).  The Deferred has fired already
+        unless a session had to be replaced.
+        """
+        return Deferred.fromCoroutine(self._start(request))
+
+    async def _start(self, request: StartRequest) -> TalkSession:
+        key = request.params.key
+        while True:
+            self._refuse_when_shutting_down()
+            existing = self.manager.find(key)
+            if existing is None or existing.state is SessionState.CLOSED:
+                return self._start_new(request)
+            differences = self.differences(existing, request)
+            if not request.replace:
+                if not differences and (
+                    existing.state is SessionState.LISTENING or not request.zlm
+                ):
+                    return existing  # a retried call gets the session it was given
+                if not request.zlm:
+                    raise self._conflict(existing, differences)
+            # Replaced: on request, by ZLMediaKit's different call or its call for a
+            # connected session.  Check what can be checked before ending the old one.
+            self._check_startable(request, replacing=existing)
+            leases = [lease for lease in self.manager.pool.leases()
+                      if lease.owner == existing.id and not lease.closed.called]
+            self.manager.stop(existing.id)
+            for lease in leases:
+                await lease.closed  # its port is really free again
+            # Another call may have started this key meanwhile: decide again.
+
+    def _refuse_when_shutting_down(self) -> None:
         if self.manager.shutting_down:
             raise ApiError(codes.OTHER_FAILED, "the service is shutting down", 503)
-        existing = self.manager.find(key)
-        if existing is not None and existing.state is not SessionState.CLOSED:
-            if existing.state is SessionState.LISTENING and not request.replace:
-                return existing  # a retried call gets the port it was given
-            # Replaced on request, or its device is connected already: as ZLMediaKit does
-            # with a sender of the same SSRC, the new call takes over (the old one "stopped").
-            self.manager.stop(existing.id)
+
+    def differences(self, existing: TalkSession, request: StartRequest) -> list[str]:
+        """What a live session has that ``request`` asks otherwise: ``codec PCMA (asked PCMU)``."""
+        old, new = existing.params, request.params
+        asked: list[tuple[str, Any, Any]] = [
+            ("codec", old.law.encoding_name, new.law.encoding_name),
+            ("packaging", str(old.packaging), str(new.packaging)),
+            ("pt", old.rtp_payload_type, new.rtp_payload_type),
+            ("framing", old.framing.value, new.framing.value),
+            ("packet_ms", old.packet_ms, new.packet_ms),
+            ("two_way", old.receive, new.receive),
+            ("expected_peer", old.expected_peer, new.expected_peer),
+        ]
+        if new.src_port:
+            asked.insert(0, ("src_port", existing.port, new.src_port))
+        found = [f"{name} {have} (asked {want})" for name, have, want in asked if have != want]
+        wanted_device = request.recv_stream_id
+        have_device = self._recv_stream_ids.get(existing.id)
+        if new.receive and old.receive and wanted_device != have_device:
+            found.append(f"recv_stream_id {have_device} (asked {wanted_device})")
+        return found
+
+    @staticmethod
+    def _conflict(existing: TalkSession, differences: list[str]) -> ApiError:
+        return ApiError(
+            codes.INVALID_ARGS,
+            f"talk session {existing.id} for {existing.key} is live on port {existing.port} "
+            f"({existing.state}) with other settings: {'; '.join(differences)}; send the same "
+            "settings to get it again, or add \"replace\": true to end it and start afresh",
+            409,
+        )
+
+    def _check_startable(self, request: StartRequest, replacing: TalkSession | None) -> Any:
+        """The source to play, once every check that needs no port has passed; ApiError if not."""
+        key = request.params.key
         source = self.source(key.app, key.stream)
-        device: DeviceAudioSource | None = None
         if request.recv_stream_id is not None:
             taken = self.registry.find(key.app, request.recv_stream_id)
-            if taken is not None and not taken.ended:
+            mine = replacing is not None and self._device_sources.get(replacing.id) is taken
+            if taken is not None and not taken.ended and not mine:
                 raise ApiError(
                     codes.INVALID_ARGS,
                     f"recv_stream_id {request.recv_stream_id!r} names the existing source "
@@ -99,7 +169,24 @@ class TalkControl:
                     "audio",
                     409,
                 )
-            device = DeviceAudioSource(key.app, request.recv_stream_id)
+        port = request.params.src_port
+        if port and replacing is not None:
+            for lease in self.manager.pool.leases():
+                if lease.port == port and lease.owner != replacing.id:
+                    raise ApiError(
+                        codes.EXCEPTION,
+                        f"port {port} is busy: it is held by talk session {lease.owner} "
+                        f"({lease.state}); choose another src_port or leave it empty",
+                        409,
+                    )
+        return source
+
+    def _start_new(self, request: StartRequest) -> TalkSession:
+        params = request.params
+        source = self._check_startable(request, replacing=None)
+        device: DeviceAudioSource | None = None
+        if request.recv_stream_id is not None:
+            device = DeviceAudioSource(params.key.app, request.recv_stream_id)
         recorder = self._recorder(request) if params.receive else None
         sinks: list[IAudioSink] = [sink for sink in (device, recorder) if sink is not None]
         try:
@@ -113,6 +200,7 @@ class TalkControl:
         except SessionError as error:
             self._discard(recorder)
             raise ApiError(codes.INVALID_ARGS, str(error)) from None
+        self._recv_stream_ids[session.id] = request.recv_stream_id
         if device is not None:
             try:
                 self.registry.add(device)
@@ -176,6 +264,7 @@ class TalkControl:
     def session_ended(self, session: Any, reason: str, stats: Any) -> None:
         """Unpublish the device's audio source; the recorder closed itself as a sink."""
         self._recorders.pop(session.id, None)
+        self._recv_stream_ids.pop(session.id, None)
         device = self._device_sources.pop(session.id, None)
         if device is not None and self.registry.find(device.app, device.stream) is device:
             self.registry.remove(device.app, device.stream)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -138,10 +139,11 @@ class SessionsResource(JsonResource):
                 views.append(view)
         return {"sessions": views}
 
-    def on_POST(self, request: Request, args: RequestArgs) -> dict[str, Any]:
+    def on_POST(self, request: Request, args: RequestArgs) -> Deferred[dict[str, Any]]:
         start = parse_native_start(_body(args), self.wait_timeout)
-        session = self.control.start(start)
-        return {"local_port": session.port, "session": self.control.describe(session)}
+        return self.control.start(start).addCallback(
+            lambda session: {"local_port": session.port, "session": self.control.describe(session)}
+        )
 
 
 class SessionResource(JsonResource):

@@ -48,11 +48,19 @@ NATIVE_FIELDS = (
 
 @dataclass(frozen=True, slots=True)
 class StartRequest:
-    """A checked request to start (or find again) a talk session."""
+    """A checked request to start (or find again) a talk session.
+
+    For a key that has a live session: the same settings get that session
+    again (a retried call); ``replace`` ends it and starts afresh.  Without
+    ``replace``, the native API refuses different settings (409), while
+    ``zlm`` requests (``startSendRtpPassive``) replace the session as
+    ZLMediaKit re-creates a sender, and take over a connected one.
+    """
 
     params: SessionParams
     recv_stream_id: str | None = None
     replace: bool = False
+    zlm: bool = False
 
 
 def invalid(message: str) -> ApiError:
@@ -236,7 +244,7 @@ def parse_zlm_start(args: Mapping[str, Any], wait_timeout: float) -> StartReques
         receive=two_way,
         receive_timeout=TWO_WAY_RECEIVE_TIMEOUT if two_way else None,
     )
-    return StartRequest(params, recv_stream_id)
+    return StartRequest(params, recv_stream_id, zlm=True)
 
 
 def parse_native_start(body: Mapping[str, Any], wait_timeout: float) -> StartRequest:

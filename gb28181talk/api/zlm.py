@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -69,10 +70,11 @@ class ZlmEndpoint(JsonResource):
 class StartSendRtpPassive(ZlmEndpoint):
     """Open a talk port for the device to connect to; answers ``local_port`` at once."""
 
-    def answer(self, args: dict[str, str]) -> dict[str, Any]:
+    def answer(self, args: dict[str, str]) -> Deferred[dict[str, Any]]:  # type: ignore[override]
         request = parse_zlm_start(args, self.wait_timeout)
-        session = self.control.start(request)
-        return {"local_port": session.port}
+        return self.control.start(request).addCallback(
+            lambda session: {"local_port": session.port}
+        )
 
 
 class StopSendRtp(ZlmEndpoint):
