@@ -432,6 +432,17 @@ def test_native_start_parser_only_ever_refuses_with_minus_300(body: dict[str, An
         assert request.params.wait_timeout > 0
 
 
+def test_native_two_way_never_ends_for_silence_unless_asked() -> None:
+    body = {"app": "a", "stream": "s", "ssrc": 1}
+    assert parse_native_start({**body, "two_way": True}, 5.0).params.receive_timeout is None
+    talk = parse_native_start({**body, "recv_stream_id": "back"}, 5.0).params
+    assert talk.receive and talk.receive_timeout is None
+    asked = parse_native_start({**body, "two_way": True, "receive_timeout": 15}, 5.0).params
+    assert asked.receive_timeout == 15.0
+    never = parse_native_start({**body, "two_way": True, "receive_timeout": 0}, 5.0).params
+    assert never.receive_timeout is None
+
+
 def test_native_defaults_are_raw_pcma_pt_8() -> None:
     params = parse_native_start({"app": "a", "stream": "s", "ssrc": 1}, 4.0).params
     assert (params.packaging, params.law, params.rtp_payload_type) == (Packaging.RAW, Law.ALAW, 8)

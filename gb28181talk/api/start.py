@@ -28,7 +28,8 @@ NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
 """What an app, stream or recv_stream_id may be: the source registry's names."""
 
 TWO_WAY_RECEIVE_TIMEOUT = 15.0
-"""Seconds without device audio that end a two-way session, as ZLMediaKit does."""
+"""Seconds without device audio that end a ``startSendRtpPassive`` two-way session, as
+ZLMediaKit does; the native API ends one for silence only when ``receive_timeout`` asks."""
 
 MAX_CLOSE_DELAY_MS = 3_600_000
 
@@ -294,10 +295,8 @@ def parse_native_start(body: Mapping[str, Any], wait_timeout: float) -> StartReq
     if receive_timeout is not None and receive_timeout < 0:
         raise invalid(f"parameter receive_timeout={receive_timeout:g} must be 0 (never) or "
                       "a number of seconds")
-    if receive_timeout is None:
-        receive_timeout = TWO_WAY_RECEIVE_TIMEOUT if two_way else None
-    elif receive_timeout <= 0:
-        receive_timeout = None  # 0: never end for silence
+    if receive_timeout is not None and receive_timeout <= 0:
+        receive_timeout = None  # absent or 0: never end for silence
     violations = integer(body, "max_ssrc_violations", 0, 0, 1_000_000)
     params = _params(
         key=SessionKey(vhost, app, stream, key_ssrc),
