@@ -341,6 +341,21 @@ class ZlmSecretTests(unittest.TestCase):
         listed = await self.harness.zlm("getMediaList", query={"secret": "s3cret"})
         assert listed.json["code"] == 0
 
+    @async_test
+    async def test_a_malformed_field_beside_a_body_secret_is_minus_300(self) -> None:
+        body = {"app": "broadcast", "stream": "tone", "ssrc": 5, "secret": "s3cret",
+                "pt": [8]}
+        reply = await self.harness.zlm("startSendRtpPassive", "POST", json_body=body)
+        assert reply.json["code"] == codes.INVALID_ARGS, reply.json
+        assert "pt" in reply.json["msg"]
+        wrong = await self.harness.zlm("startSendRtpPassive", "POST",
+                                       json_body={**body, "secret": "nope"})
+        assert wrong.json["code"] == codes.AUTH_FAILED
+        upper_body = {name: value for name, value in body.items() if name != "secret"}
+        upper = await self.harness.zlm("startSendRtpPassive", "POST",
+                                       json_body={**upper_body, "SECRET": "s3cret"})
+        assert upper.json["code"] == codes.INVALID_ARGS, upper.json
+
 
     @async_test
     async def test_the_access_log_masks_the_secret(self) -> None:

@@ -23,6 +23,7 @@ from gb28181talk.api.common import (
     NotFoundResource,
     RequestArgs,
     zlm_args,
+    zlm_value,
 )
 from gb28181talk.api.control import TalkControl
 from gb28181talk.api.start import parse_zlm_start, source_name, ssrc, text
@@ -39,6 +40,22 @@ def ssrc_text(value: int) -> str:
     return f"{value:010d}"
 
 
+def body_secret(args: RequestArgs) -> str | None:
+    """The ``secret`` of the body (any case, as ZLMediaKit reads names), whatever else it holds.
+
+    Only that field is read, so a malformed other field is refused (-300)
+    once the secret has been checked, rather than hiding the secret (-100).
+    """
+    found: str | None = None
+    for name, value in args.body().items():
+        if str(name).lower() == "secret":
+            try:
+                found = zlm_value(str(name), value)
+            except ApiError:
+                found = None
+    return found
+
+
 class ZlmEndpoint(JsonResource):
     """One ``/index/api/<name>``: any method, ZLMediaKit's arguments and error style."""
 
@@ -53,7 +70,7 @@ class ZlmEndpoint(JsonResource):
         self.wait_timeout = wait_timeout
 
     def check_secret(self, args: RequestArgs) -> None:
-        self.auth.check(args, lambda: zlm_args(args).get("secret"))
+        self.auth.check(args, lambda: body_secret(args))
 
     def on_ANY(self, request: Request, args: RequestArgs) -> dict[str, Any]:
         return self.answer(zlm_args(args))
