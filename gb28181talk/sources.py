@@ -15,8 +15,11 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gb28181talk.errors import MediaError, SourceError
@@ -47,8 +50,9 @@ G711_EXTENSIONS: Mapping[str, str] = {
 }
 """Raw (headerless) G.711 file name endings and the law each one holds."""
 
-MAX_FILE_BYTES = 256 * 1024 * 1024
-"""Largest audio file a FileSource loads (it is held in memory as PCM)."""
+MAX_FILE_BYTES = 64 * 1024 * 1024
+"""Largest audio file a FileSource loads: 64 MiB (6 min of 48 kHz stereo, 70 min of
+8 kHz mono 16-bit); it is read whole and held in memory as PCM."""
 
 KINDS = ("tone", "file", "push", "rtp")
 """Kinds that :meth:`SourceRegistry.create` builds from an API body."""
@@ -184,7 +188,8 @@ def load_audio_file(path: str) -> bytes:
     if info.st_size > MAX_FILE_BYTES:
         raise SourceError(
             f"cannot use audio file {path!r}: it is {info.st_size:,} bytes, more than the "
-            f"{MAX_FILE_BYTES:,} bytes a file source holds in memory; cut it into parts"
+            f"{MAX_FILE_BYTES // (1024 * 1024)} MiB a file source loads; convert it to 8 kHz "
+            "mono (sox in.wav -r 8000 -c 1 out.wav) or cut it into parts"
         )
     law_name = G711_EXTENSIONS.get(os.path.splitext(path)[1].lower())
     try:
@@ -215,16 +220,24 @@ class FileSource:
 
     The last frame is padded with silence; with ``loop`` the file restarts
     at its first frame, otherwise the source ends after the last frame.
+
+    The constructor reads and decodes the file itself, synchronously (for
+    library use and tests; a large file takes a while).  A program whose
+    reactor must keep running passes ``pcm``, the result of
+    :func:`load_audio_file` run in a thread, as
+    :meth:`SourceRegistry.create_async` does for the API.
     """
 
     kind = "file"
 
-    def __init__(self, app: str, stream: str, path: str, loop: bool = False) -> None:
+    def __init__(
+        self, app: str, stream: str, path: str, loop: bool = False, *, pcm: bytes | None = None
+    ) -> None:
         self.app = app
         self.stream = stream
         self.path = path
         self.loop = bool(loop)
-        self._pcm = load_audio_file(path)
+        self._pcm = load_audio_file(path) if pcm is None else pcm
         self._frame_count = math.ceil(len(self._pcm) / FRAME_BYTES)
         self._position = 0
         self._frames_read = 0
@@ -577,6 +590,7 @@ class SourceRegistry:
 
     def __init__(self, media_root: str | None = None) -> None:
         self._sources: dict[str, Any] = {}
+        self._loading: set[str] = set()
         self.media_root = None if media_root is None else os.path.realpath(media_root)
 
     def __len__(self) -> int:
@@ -625,10 +639,15 @@ class SourceRegistry:
         """Every source, sorted by app/stream."""
         return [self._sources[k] for k in sorted(self._sources)]
 
+    def loading(self, app: str, stream: str) -> bool:
+        """Whether a file source app/stream is being read by :meth:`create_async`."""
+        return _key(app, stream) in self._loading
+
     def close_all(self) -> None:
-        """Close and forget every source (service shutdown)."""
+        """Close and forget every source (service shutdown); files still loading are dropped."""
         sources = list(self._sources.values())
         self._sources.clear()
+        self._loading.clear()
         for source in sources:
             source.close()
 
@@ -640,8 +659,48 @@ class SourceRegistry:
         ``{"app", "stream", "kind": "tone"|"file"|"push"|"rtp", ...kind options}``.
         Every missing, unknown or bad field is a SourceError naming the
         field, the value given and what is allowed.  ``reactor`` (an
-        ``IReactorUDP``) is needed for ``rtp`` only.
+        ``IReactorUDP``) is needed for ``rtp`` only.  A file is read and
+        decoded here, synchronously: a service uses :meth:`create_async`.
         """
+        kind, app, stream = self._check(spec)
+        source = self._BUILDERS[kind](self, app, stream, spec, reactor)
+        return self._register(source)
+
+    def create_async(self, spec: Any, reactor: Any) -> Deferred[Any]:
+        """As :meth:`create`, but a file is read and decoded in ``reactor``'s thread pool.
+
+        The Deferred fires with the registered source once the file is
+        loaded (the name is reserved meanwhile: see :meth:`loading`), or
+        fails with SourceError; other kinds (and a reactor without a thread
+        pool) are built at once and the Deferred has fired on return.
+        """
+        try:
+            kind, app, stream = self._check(spec)
+            if kind != "file" or not hasattr(reactor, "getThreadPool"):
+                source = self._BUILDERS[kind](self, app, stream, spec, reactor)
+                return succeed(self._register(source))
+            path, loop = self._file_options(spec)
+        except SourceError:
+            return fail()
+        key = _key(app, stream)
+        self._loading.add(key)
+        loading = deferToThreadPool(reactor, reactor.getThreadPool(), load_audio_file, path)
+
+        def loaded(pcm: bytes) -> Any:
+            if key not in self._loading:
+                raise SourceError(f"source {key} was not added: the sources were closed "
+                                  "(the service is stopping) while its file loaded")
+            self._loading.discard(key)
+            return self._register(FileSource(app, stream, path, loop, pcm=pcm))
+
+        def not_loaded(failure: Failure) -> Failure:
+            self._loading.discard(key)
+            return failure
+
+        return loading.addCallbacks(loaded, not_loaded)
+
+    def _check(self, spec: Any) -> tuple[str, str, str]:
+        """The kind, app and stream of an API body whose fields are all known and free."""
         if not isinstance(spec, Mapping):
             raise SourceError(
                 f"a source is described by a JSON object with app, stream and kind; "
@@ -669,7 +728,14 @@ class SourceRegistry:
             raise SourceError(
                 f"source {app}/{stream} exists; delete it first or pick another stream name"
             )
-        source = self._BUILDERS[kind](self, app, stream, spec, reactor)
+        if self.loading(app, stream):
+            raise SourceError(
+                f"source {app}/{stream} is being loaded from its file; wait for that answer "
+                "or pick another stream name"
+            )
+        return kind, app, stream
+
+    def _register(self, source: Any) -> Any:
         try:
             return self.add(source)
         except SourceError:
@@ -699,13 +765,18 @@ class SourceRegistry:
         return ToneSource(app, stream, frequency, amplitude, duration)
 
     def _build_file(self, app: str, stream: str, spec: Mapping[str, Any], reactor: Any) -> Any:
+        path, loop = self._file_options(spec)
+        return FileSource(app, stream, path, loop)
+
+    def _file_options(self, spec: Mapping[str, Any]) -> tuple[str, bool]:
+        """The confined path and the loop flag of a file source's body."""
         path = _string(spec, "path", None, "file")
         loop = spec.get("loop", False)
         if loop is None:
             loop = False
         if not isinstance(loop, bool):
             raise SourceError(f"file field 'loop' must be true or false, got {loop!r}")
-        return FileSource(app, stream, self._confine(path), loop)
+        return self._confine(path), loop
 
     def _confine(self, path: str) -> str:
         """Resolve ``path`` inside media_root (if set), refusing any way out of it."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 from twisted.web.websocket import ConnectionRejected, WebSocketClientEndpoint
@@ -74,6 +77,43 @@ class NativeApiTests(unittest.TestCase):
         assert gone.json["code"] == 0 and gone.json["source"]["stream"] == "hello"
         again = await call("DELETE", self.url("/api/sources/broadcast/hello"))
         assert (again.status, again.json["code"]) == (404, codes.NOT_FOUND)
+
+    @async_test
+    async def test_a_big_file_loads_while_the_reactor_keeps_running(self) -> None:
+        wav = self.media / "big.wav"
+        write_wav(wav, bytes(range(256)) * (3 * 1024 * 1024 // 256), 48000, 2)  # 16.4 s
+        ticks: list[float] = []
+        ticker = LoopingCall(lambda: ticks.append(time.monotonic()))
+        ticker.start(0.01)
+        began = time.monotonic()
+        made = await call("POST", self.url("/api/sources"), json_body={
+            "app": "broadcast", "stream": "big", "kind": "file", "path": str(wav)})
+        ended = time.monotonic()
+        ticker.stop()
+        assert made.json["code"] == 0, made.json
+        assert made.json["source"]["duration_ms"] == 16384
+        marks = [began, *(tick for tick in ticks if began < tick < ended), ended]
+        longest = max(later - earlier for earlier, later in itertools.pairwise(marks))
+        assert longest < max(0.1, (ended - began) / 3), (longest, ended - began)
+        assert self.harness.service.registry.find("broadcast", "big") is not None
+
+    @async_test
+    async def test_file_source_errors_and_size_cap(self) -> None:
+        huge = self.media / "huge.wav"
+        with huge.open("wb") as sparse:
+            sparse.truncate(64 * 1024 * 1024 + 1)
+        too_big = await call("POST", self.url("/api/sources"), json_body={
+            "app": "broadcast", "stream": "huge", "kind": "file", "path": str(huge)})
+        assert (too_big.status, too_big.json["code"]) == (400, codes.INVALID_ARGS)
+        assert "more than the 64 MiB" in too_big.json["msg"], too_big.json["msg"]
+        text = self.media / "notes.wav"
+        text.write_text("root:x:0:0:root:/root:/bin/bash\n")
+        not_wav = await call("POST", self.url("/api/sources"), json_body={
+            "app": "broadcast", "stream": "notes", "kind": "file", "path": str(text)})
+        assert (not_wav.status, not_wav.json["code"]) == (400, codes.INVALID_ARGS)
+        assert "not a RIFF/WAVE file" in not_wav.json["msg"]
+        assert "/bin/bash" not in not_wav.json["msg"]
+        assert len(self.harness.service.registry) == 0
 
     @async_test
     async def test_source_refusals_say_what_is_wrong(self) -> None:

@@ -17,6 +17,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.testing import MemoryReactor
+from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -539,6 +540,79 @@ def test_create_refuses_an_existing_name_before_binding() -> None:
     with pytest.raises(SourceError, match="source live/s exists"):
         registry.create({**BASE, "kind": "rtp"}, reactor)
     assert reactor.udp == []
+
+
+class _HeldThreadPool:
+    """A thread pool that runs its calls only when told (deferToThreadPool's side of it)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, Any, tuple[Any, ...]]] = []
+
+    def callInThreadWithCallback(self, on_result: Any, function: Any, *args: Any) -> None:
+        self.calls.append((on_result, function, args))
+
+    def run(self) -> None:
+        calls, self.calls = self.calls, []
+        for on_result, function, args in calls:
+            try:
+                result = function(*args)
+            except Exception:
+                on_result(False, Failure())
+            else:
+                on_result(True, result)
+
+
+class _ThreadedReactor(MemoryReactor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = _HeldThreadPool()
+
+    def getThreadPool(self) -> _HeldThreadPool:
+        return self.pool
+
+    def callFromThread(self, function: Any, *args: Any) -> None:
+        function(*args)
+
+
+def test_create_async_loads_a_file_in_the_thread_pool(tmp_path: Path) -> None:
+    write_wav(tmp_path / "a.wav", tone_pcm(440, 0.5), 8000, 1)
+    reactor = _ThreadedReactor()
+    registry = SourceRegistry()
+    spec = {**BASE, "kind": "file", "path": str(tmp_path / "a.wav"), "loop": True}
+    results: list[Any] = []
+    registry.create_async(spec, reactor).addBoth(results.append)
+    assert results == [] and len(reactor.pool.calls) == 1, "nothing is read on the reactor"
+    assert registry.loading("live", "s") and registry.find("live", "s") is None
+    for again in (lambda: registry.create(spec), lambda: registry.create({**BASE, "kind": "tone"})):
+        with pytest.raises(SourceError, match="being loaded"):
+            again()
+    second: list[Any] = []
+    registry.create_async(spec, reactor).addErrback(second.append)
+    assert second[0].check(SourceError) and len(reactor.pool.calls) == 1
+    reactor.pool.run()
+    [source] = results
+    assert isinstance(source, FileSource) and source.loop and source.duration_ms == 500
+    assert registry.find("live", "s") is source and not registry.loading("live", "s")
+
+
+def test_create_async_failures_and_a_close_while_loading(tmp_path: Path) -> None:
+    reactor = _ThreadedReactor()
+    registry = SourceRegistry()
+    failed: list[Any] = []
+    missing = {**BASE, "kind": "file", "path": str(tmp_path / "missing.wav")}
+    registry.create_async(missing, reactor).addErrback(failed.append)
+    reactor.pool.run()
+    assert failed[0].check(SourceError) and "No such file" in failed[0].getErrorMessage()
+    assert not registry.loading("live", "s")
+    write_wav(tmp_path / "a.wav", tone_pcm(440, 0.1), 8000, 1)
+    registry.create_async({**missing, "path": str(tmp_path / "a.wav")}, reactor).addErrback(
+        failed.append)
+    registry.close_all()
+    reactor.pool.run()
+    assert "closed" in failed[1].getErrorMessage() and registry.list() == []
+    tone: list[Any] = []
+    registry.create_async({**BASE, "kind": "tone"}, reactor).addCallback(tone.append)
+    assert tone[0].kind == "tone", "other kinds are made at once"
 
 
 def test_media_root_confines_file_sources(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -63,11 +64,13 @@ class SourcesResource(JsonResource):
     def on_GET(self, request: Request, args: RequestArgs) -> dict[str, Any]:
         return {"sources": [source.describe() for source in self.control.registry.list()]}
 
-    def on_POST(self, request: Request, args: RequestArgs) -> dict[str, Any]:
+    def on_POST(self, request: Request, args: RequestArgs) -> Deferred[dict[str, Any]]:
+        """Create a source; a file is decoded in a thread, answered once it is loaded."""
         spec = _body(args)
         app, stream = spec.get("app"), spec.get("stream")
+        registry = self.control.registry
         if isinstance(app, str) and isinstance(stream, str):
-            existing = self.control.registry.find(app, stream)
+            existing = registry.find(app, stream)
             if existing is not None and not existing.ended:
                 raise ApiError(
                     codes.INVALID_ARGS,
@@ -75,11 +78,21 @@ class SourcesResource(JsonResource):
                     f"(DELETE /api/sources/{app}/{stream}) or pick another stream name",
                     409,
                 )
-        try:
-            source = self.control.registry.create(spec, self.reactor)
-        except SourceError as error:
-            raise ApiError(codes.INVALID_ARGS, str(error)) from None
-        return {"source": source.describe()}
+            if registry.loading(app, stream):
+                raise ApiError(
+                    codes.INVALID_ARGS,
+                    f"source {app}/{stream} is being loaded from its file by an earlier "
+                    "request; wait for its answer or pick another stream name",
+                    409,
+                )
+
+        def refused(failure: Failure) -> None:
+            failure.trap(SourceError)
+            raise ApiError(codes.INVALID_ARGS, failure.getErrorMessage()) from None
+
+        return registry.create_async(spec, self.reactor).addCallbacks(
+            lambda source: {"source": source.describe()}, refused
+        )
 
 
 class SourceResource(JsonResource):
