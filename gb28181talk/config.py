@@ -69,6 +69,11 @@ def load_toml(path: str) -> dict[str, Any]:
         raise ConfigError(
             f"cannot read config file {path!r}: {error.strerror or error}"
         ) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"config file {path!r} is not UTF-8 text (byte 0x{error.object[error.start]:02x} "
+            f"at offset {error.start}); TOML files are UTF-8: save it as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path!r} is not valid TOML: {error}") from None
     values: dict[str, Any] = {}

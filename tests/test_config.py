@@ -108,6 +108,12 @@ def test_bad_toml(tmp_path: Path) -> None:
         load_toml(str(unknown))
     with pytest.raises(ConfigError, match="cannot read"):
         load_toml(str(tmp_path / "absent.toml"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_toml(str(tmp_path))
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b'secret = "\xff\xfe"\n')
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 0xff at offset 10\)"):
+        load_toml(str(latin))
 
 
 @pytest.mark.parametrize(
@@ -163,9 +169,12 @@ def twistd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         ["--no-such-option"],
         ["--api", "tcp:8080:interface=0.0.0.0"],
         ["--port-range", "30000", "--config", "/nonexistent.toml"],
+        ["--config", "latin.toml"],
+        ["--config", "."],
     ],
 )
 def test_twistd_bad_options_one_line_exit_2(argv: list[str], tmp_path: Path) -> None:
+    (tmp_path / "latin.toml").write_bytes(b'secret = "caf\xe9"\n')
     result = twistd(*argv, cwd=tmp_path)
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = result.stderr.splitlines()
