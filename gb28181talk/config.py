@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -110,7 +111,7 @@ def build_config(
     return ServiceConfig(
         api=api,
         port_range=_port_range(merged.get("port-range")),
-        media_interface=_address(merged, "media-interface", allow_empty=True) or "",
+        media_interface=_media_interface(merged),
         advertise_ip=_address(merged, "advertise-ip", allow_empty=False),
         wait_timeout=_wait_timeout(merged.get("wait-timeout")),
         secret=secret,
@@ -240,6 +241,30 @@ def _address(values: Mapping[str, Any], name: str, allow_empty: bool) -> str | N
         extra = " (or empty for all interfaces)" if allow_empty else ""
         raise ConfigError(
             f"--{name} {value!r} is not an IP address; give one like 192.0.2.10{extra}"
+        ) from None
+
+
+def _media_interface(values: Mapping[str, Any]) -> str:
+    """An IP address of this host (or empty for all): a TCP socket must bind there."""
+    address = _address(values, "media-interface", allow_empty=True) or ""
+    if address:
+        check_local_address("media-interface", address)
+    return address
+
+
+def check_local_address(name: str, address: str) -> None:
+    """Raise ConfigError unless a TCP socket can bind ``address`` (any port): one of this host's."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        [(_, _, _, _, where), *_] = socket.getaddrinfo(
+            address, 0, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST
+        )
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind(where)
+    except OSError as error:
+        raise ConfigError(
+            f"--{name} {address} is not an address of this host: {error}; give one of its "
+            "addresses (ip -brief address), or leave it empty for all interfaces"
         ) from None
 
 

@@ -81,6 +81,9 @@ def test_toml_file_with_the_command_line_winning(tmp_path: Path) -> None:
          "/nonexistent.pem"),
         (["--api", "nonsense:1"], "Unknown endpoint type"),
         (["--media-interface", "eth0"], "not an IP address"),
+        (["--media-interface", "192.0.2.55"],
+         "--media-interface 192.0.2.55 is not an address of this host: [Errno 99] Cannot "
+         "assign requested address"),
         (["--advertise-ip", ""], "IP address"),
         (["--hook-url", "ftp://x"], "http://"),
         (["--record-dir", "/nonexistent/dir"], "create it first"),
@@ -95,6 +98,14 @@ def test_bad_options_name_the_problem(argv: list[str], words: str) -> None:
     message = str(raised.value)
     assert words in message
     assert "\n" not in message
+
+
+def test_media_interface_must_be_bindable_here() -> None:
+    assert parse("--media-interface", "127.0.0.1").media_interface == "127.0.0.1"
+    assert parse("--media-interface", "0.0.0.0").media_interface == "0.0.0.0"
+    assert parse("--media-interface", "").media_interface == ""
+    with pytest.raises(ConfigError, match="not an address of this host"):
+        build_config({"media-interface": "203.0.113.9"})
 
 
 def test_bad_toml(tmp_path: Path) -> None:
@@ -170,6 +181,7 @@ def twistd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         ["--api", "tcp:8080:interface=0.0.0.0"],
         ["--port-range", "30000", "--config", "/nonexistent.toml"],
         ["--config", "latin.toml"],
+        ["--media-interface", "192.0.2.55"],
         ["--config", "."],
     ],
 )
