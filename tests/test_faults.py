@@ -17,12 +17,14 @@ import gc
 import os
 import socket
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.resource import Resource
@@ -47,7 +49,10 @@ The benchmark's bound is 5 ms at p99 with the service on a core of its own
 (docs/performance.md).  Here the devices, the service and the fault share one
 reactor and CI runs two test workers on two cores, so the bound is one packet
 (20 ms): a gap a device's jitter buffer would hear fails, scheduling noise does
-not (the worst seen on a 2-core machine running the whole suite was 3.8 ms)."""
+not (the worst seen on a 2-core machine running the whole suite was 3.8 ms).
+A larger gap is forgiven only when the kernel says this thread sat on the run
+queue, runnable but not running, for at least the excess (:class:`RunQueueDelay`):
+other processes took the cores; our code did not stall."""
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _TIMESPEC = struct.Struct("@qq")
@@ -128,9 +133,10 @@ class TimedDevice:
             reactor.removeReader(self)  # type: ignore[attr-defined]
             self.sock.close()
 
-    def worst_gap_ms(self, since: float = 0.0) -> tuple[float, int, int]:
-        """(largest jitter in ms, sequence numbers skipped, packets) after ``since`` (wall time)."""
-        worst, skipped, packets = 0.0, 0, 0
+    def gaps(self, since: float = 0.0) -> tuple[list[tuple[float, float, float]], int, int]:
+        """Packets after ``since`` (wall time): ([(jitter ms, from, to)], seqs skipped, count)."""
+        jitters: list[tuple[float, float, float]] = []
+        skipped = packets = 0
         previous = None
         for arrival in self.arrivals:
             if arrival[0] < since:
@@ -139,10 +145,51 @@ class TimedDevice:
             packets += 1
             if previous is not None:
                 expected = (arrival[2] - previous[2]) % 2**32 / 8000
-                worst = max(worst, abs((arrival[0] - previous[0]) - expected) * 1000)
+                jitter = abs((arrival[0] - previous[0]) - expected) * 1000
+                jitters.append((jitter, previous[0], arrival[0]))
                 skipped += (arrival[1] - previous[1] - 1) % 65536
             previous = arrival
-        return worst, skipped, packets
+        return jitters, skipped, packets
+
+
+class RunQueueDelay:
+    """How long this (the reactor's) thread waited for a core, sampled every 10 ms.
+
+    ``/proc/thread-self/schedstat`` gives the time a thread spent runnable but
+    not running: other processes had the cores.  Sampled as (wall time, delay)
+    so a gap a device saw can be set against the starvation at that moment.
+    Where schedstat is missing the delay reads 0 and the bound is strict.
+    """
+
+    PATH = "/proc/thread-self/schedstat"
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._loop = LoopingCall(self.sample)
+
+    def start(self) -> None:
+        self._loop.start(0.01)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def sample(self) -> None:
+        try:
+            with open(self.PATH) as stat:
+                delay = int(stat.read().split()[1]) / 1e6
+        except (OSError, ValueError, IndexError):
+            delay = 0.0
+        self.samples.append((time.time(), delay))
+
+    def starved_ms(self, start: float, end: float) -> float:
+        """Run-queue delay accrued from the last sample at or before ``start`` to the first
+        at or after ``end`` (0 when the window is not covered)."""
+        before = [delay for at, delay in self.samples if at <= start]
+        after = [delay for at, delay in self.samples if at >= end]
+        if not before or not after:
+            return 0.0
+        return after[0] - before[-1]
 
 
 def raw_device(port: int, rcvbuf: int | None = None) -> socket.socket:
@@ -292,10 +339,17 @@ class FaultHarness:
         self.observer = RecordingObserver()
         self.descriptors_before: dict[str, str] = {}
         self.fault_from = 0.0
+        self.run_queue = RunQueueDelay()
+        self.forgiven: list[str] = []
 
     async def start(self) -> None:
         await sleep(0)  # the reactor is running (it opens its own descriptors when it starts)
         self.descriptors_before = open_descriptors()
+        # Whatever earlier tests left on this worker's heap is not the service's: keep it out of
+        # the collector's full passes, whose pauses grow with the heap (60 ms were seen here).
+        gc.collect()
+        gc.freeze()
+        self.run_queue.start()
         if self.hook_mode == "ok":
             self.receiver = HookReceiver()
             url = self.receiver.start()
@@ -360,18 +414,28 @@ class FaultHarness:
         return reasons[0]
 
     def check_healthy(self) -> None:
-        """Every healthy session still streams and its device heard no gap beyond the bound."""
+        """Every healthy session still streams and its device heard no gap beyond the bound.
+
+        A gap beyond the bound is forgiven (and listed in ``forgiven``) only when
+        this thread waited at least the excess on the run queue meanwhile.
+        """
         for session_id, device in zip(self.healthy_ids, self.healthy, strict=True):
             session = self.manager.get(session_id)
             assert session is not None and session.state is SessionState.STREAMING, (
                 f"healthy session {session_id} ended: {self.reasons(session_id)}"
             )
-            worst, skipped, packets = device.worst_gap_ms(self.fault_from)
+            jitters, skipped, packets = device.gaps(self.fault_from)
             assert packets >= 2, "the healthy device kept receiving"
             assert skipped == 0, f"a healthy device lost {skipped} packets"
-            assert worst <= GAP_BOUND_MS, (
-                f"a healthy device saw a {worst:.1f} ms gap (bound {GAP_BOUND_MS} ms)"
-            )
+            for jitter, start, end in jitters:
+                if jitter <= GAP_BOUND_MS:
+                    continue
+                starved = self.run_queue.starved_ms(start, end)
+                assert starved >= jitter - GAP_BOUND_MS, (
+                    f"a healthy device saw a {jitter:.1f} ms gap (bound {GAP_BOUND_MS} ms) "
+                    f"while this thread waited only {starved:.1f} ms for a core"
+                )
+                self.forgiven.append(f"{jitter:.1f} ms gap, {starved:.1f} ms starved")
 
     async def hook_reasons(self, session_id: str, timeout: float = 5.0) -> list[str]:
         """The webhook reasons posted for ``session_id`` (when the receiver works)."""
@@ -384,6 +448,8 @@ class FaultHarness:
 
     async def stop_and_check_leftovers(self) -> None:
         """Stop everything; then nothing of ours may be left anywhere."""
+        gc.unfreeze()
+        self.run_queue.stop()
         for device in self.healthy:
             device.close()
         await self.harness.stop()
