@@ -8,7 +8,9 @@ and resampled to 8 kHz mono as it arrives.
 
 Refusals before the WebSocket opens are HTTP answers with a JSON body
 ``{"code": -500, "msg": ...}``: 404 for an unknown source, 409 for a source
-that is not a push source or already has a pusher.  After it opens, a text
+that is not a push source or already has a pusher; a request that is not a
+WebSocket handshake (a plain ``curl``) gets ``{"code": -300, ...}`` with 426
+(no upgrade asked) or 400 (a malformed handshake) saying how to connect.  After it opens, a text
 message (or a pusher that lost a race for the source) gets a text message
 with the same JSON, then a close frame with code 1003 (text) or 1008 (policy)
 and the reason.
@@ -32,6 +34,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 from twisted.web.websocket import WebSocketResource, WebSocketTransport
+from wsproto import ConnectionType
+from wsproto.handshake import H11Handshake
+from wsproto.utilities import RemoteProtocolError
 from zope.interface import implementer
 
 from gb28181talk.errors import MediaError, SourceError
@@ -176,8 +181,12 @@ class PushSource(LiveSource):
             pusher.refuse(CLOSE_GOING_AWAY, "the push source was deleted")
 
 
-def _json_error(message: str) -> str:
-    return json.dumps({"code": ERROR_CODE, "msg": message}, ensure_ascii=False)
+NOT_WEBSOCKET_CODE = -300
+"""The ``code`` of the refusal of a request that is not a WebSocket handshake."""
+
+
+def _json_error(message: str, code: int = ERROR_CODE) -> str:
+    return json.dumps({"code": code, "msg": message}, ensure_ascii=False)
 
 
 @implementer(IPushProducer)
@@ -305,15 +314,47 @@ class _JsonRefusal(Resource):
 
     isLeaf = True
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, code: int = ERROR_CODE) -> None:
         super().__init__()
         self.status = status
         self.message = message
+        self.code = code
 
     def render(self, request: Request) -> bytes:
         request.setResponseCode(self.status)
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
-        return _json_error(self.message).encode("utf-8")
+        if self.status == 426:
+            request.setHeader(b"upgrade", b"websocket")
+            request.setHeader(b"connection", b"Upgrade")
+        return _json_error(self.message, self.code).encode("utf-8")
+
+
+def _not_a_handshake(request: Request, app: str, stream: str) -> _JsonRefusal | None:
+    """The JSON refusal of a request that is not a valid WebSocket handshake, or None."""
+    upgrade = request.getHeader(b"upgrade") or b""
+    upgrade_text = upgrade.decode("latin-1") if isinstance(upgrade, bytes) else upgrade
+    asked = request.method == b"GET" and "websocket" in upgrade_text.lower()
+    problem = ""
+    if asked:
+        headers = [(name, value) for name, values in request.requestHeaders.getAllRawHeaders()
+                   for value in values]
+        try:
+            H11Handshake(ConnectionType.SERVER).initiate_upgrade_connection(
+                headers, request.path
+            )
+        except RemoteProtocolError as error:
+            problem = f" (the handshake was refused: {error})"
+        else:
+            return None
+    host = request.getHeader(b"host") or b"127.0.0.1:8080"
+    host_text = host.decode("latin-1") if isinstance(host, bytes) else host
+    url = f"ws://{host_text}/api/push/{app}/{stream}"
+    return _JsonRefusal(
+        400 if asked else 426,
+        f"this is a WebSocket endpoint: connect with a WebSocket client (e.g. websocat "
+        f"--binary {url}) and send binary audio messages{problem}",
+        NOT_WEBSOCKET_CODE,
+    )
 
 
 _USAGE = (
@@ -354,6 +395,9 @@ class PushResource(Resource):
                 f"source {app}/{stream} is a {source.kind} source; only push sources take "
                 "WebSocket audio (create one with kind push)",
             )
+        refusal = _not_a_handshake(request, app, stream)
+        if refusal is not None:
+            return refusal
         if source.pusher is not None or source.ended:
             return _JsonRefusal(409, _busy_message(source))
         return WebSocketResource(_PushFactory(source))

@@ -39,6 +39,7 @@ from gb28181talk.media import g711
 from gb28181talk.media.law import Law
 from gb28181talk.push import PushProtocol, PushResource, PushSource
 from gb28181talk.sources import SourceRegistry, ToneSource
+from tests.httpapi import call
 from tests.test_sources import goertzel_ratio, read_all, tone_pcm, zero_crossing_frequency
 
 
@@ -288,6 +289,30 @@ class PushResourceTests(unittest.TestCase):
         assert close.code == 1003
         assert close.reason == "text messages are not audio; send binary pcm16 messages"
         assert not source.ended
+
+    @async_test
+    async def test_plain_http_is_told_to_use_a_websocket_client_in_json(self) -> None:
+        source = self.registry.create({"app": "live", "stream": "mic", "kind": "push"})
+        url = f"http://127.0.0.1:{self.port}/api/push/live/mic"
+        for method in ("GET", "POST"):
+            reply = await call(method, url)
+            assert reply.status == 426, (method, reply.raw)
+            assert reply.content_type == "application/json; charset=utf-8"
+            assert reply.json["code"] == -300
+            assert reply.json["msg"] == (
+                "this is a WebSocket endpoint: connect with a WebSocket client (e.g. websocat "
+                f"--binary ws://127.0.0.1:{self.port}/api/push/live/mic) and send binary audio "
+                "messages"
+            )
+        broken = await call("GET", url, headers={"Upgrade": "websocket",
+                                                 "Connection": "Upgrade"})
+        assert (broken.status, broken.json["code"]) == (400, -300), broken.raw
+        assert "this is a WebSocket endpoint" in broken.json["msg"]
+        assert "handshake was refused" in broken.json["msg"]
+        assert source.pusher is None and source.describe()["pushers_total"] == 0
+        client = await self.connect("/api/push/live/mic")
+        await until(lambda: source.pusher is not None)
+        await self.hang_up(client, source)
 
     @async_test
     async def test_second_pusher_is_refused_and_the_first_keeps_pushing(self) -> None:
