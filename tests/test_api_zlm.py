@@ -27,7 +27,7 @@ from gb28181talk.media.wav import read_wav
 from gb28181talk.params import Packaging
 from tests.devices import connect_device
 from tests.httpapi import ServiceHarness, async_test, call, until
-from tests.netutil import free_port, port_is_free
+from tests.netutil import port_is_free
 from tests.test_sources import goertzel_ratio, tone_pcm
 
 SSRC = "0100000001"
@@ -154,11 +154,11 @@ class ZlmApiTests(unittest.TestCase):
     @async_test
     async def test_busy_port_and_exhausted_pool_are_minus_400_saying_which(self) -> None:
         await self.harness.add_tone()
-        busy = free_port()
-        holder = socket.socket()
+        holder = socket.socket()  # the kernel's pick: no probe-then-bind race with TIME_WAIT
         self.addCleanup(holder.close)
-        holder.bind(("127.0.0.1", busy))
+        holder.bind(("127.0.0.1", 0))
         holder.listen(1)
+        busy = holder.getsockname()[1]
         reply = await self.start(src_port=str(busy))
         assert reply.json["code"] == codes.EXCEPTION
         assert f"port {busy}" in reply.json["msg"]
