@@ -96,11 +96,15 @@ class TalkControl:
 
     async def _start(self, request: StartRequest) -> TalkSession:
         key = request.params.key
+        stopped: TalkSession | None = None
         while True:
             self._refuse_when_shutting_down()
             existing = self.manager.find(key)
             if existing is None or existing.state is SessionState.CLOSED:
                 return self._start_new(request)
+            if existing is stopped:  # stop() did not end it: never loop on it
+                raise ApiError(codes.OTHER_FAILED, f"talk session {existing.id} for {key} did "
+                               "not end when replaced; the service log has the details", 500)
             differences = self.differences(existing, request)
             if not request.replace:
                 if not differences and (
@@ -115,6 +119,7 @@ class TalkControl:
             leases = [lease for lease in self.manager.pool.leases()
                       if lease.owner == existing.id and not lease.closed.called]
             self.manager.stop(existing.id)
+            stopped = existing
             for lease in leases:
                 await lease.closed  # its port is really free again
             # Another call may have started this key meanwhile: decide again.
@@ -169,6 +174,15 @@ class TalkControl:
                     "audio",
                     409,
                 )
+        if request.params.receive and self.record_dir is not None and not os.access(
+            self.record_dir, os.W_OK | os.X_OK
+        ):
+            raise ApiError(
+                codes.OTHER_FAILED,
+                f"cannot record the device's audio in {self.record_dir}: it is not writable; "
+                "check --record-dir",
+                500,
+            )
         port = request.params.src_port
         if port and replacing is not None:
             for lease in self.manager.pool.leases():
