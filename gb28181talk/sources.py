@@ -175,8 +175,7 @@ def load_audio_file(path: str) -> bytes:
     A-law, ``.ulaw .pcmu .g711u`` for µ-law); anything else must be a WAV
     file that :mod:`gb28181talk.media.wav` can read.
     """
-    from gb28181talk.media import g711, wav
-    from gb28181talk.media.law import Law
+    from gb28181talk.media import wav
 
     try:
         info = os.stat(path)
@@ -196,9 +195,11 @@ def load_audio_file(path: str) -> bytes:
         if law_name is not None:
             with open(path, "rb") as f:
                 raw = f.read()
-            pcm = g711.decode(Law.from_name(law_name), raw)
+            pcm = _decode_in_chunks(raw, 8000, 1, law_name)
         else:
-            pcm = wav.read_wav(path).to_8k_mono_pcm16()
+            audio = wav.read_wav(path)
+            pcm = _decode_in_chunks(audio.data, audio.sample_rate, audio.channels,
+                                    audio.encoding)
     except OSError as e:
         raise SourceError(f"cannot read audio file {path!r}: {e.strerror or e}") from e
     except (MediaError, ValueError) as e:
@@ -212,6 +213,32 @@ def load_audio_file(path: str) -> bytes:
     if len(pcm) < 2:
         raise SourceError(f"cannot use audio file {path!r}: it holds no audio samples")
     return pcm
+
+
+DECODE_CHUNK_FRAMES = 4000
+"""Input frames decoded and resampled at a time when loading a file (83 ms at 48 kHz)."""
+
+
+def _decode_in_chunks(data: bytes, sample_rate: int, channels: int, encoding: str) -> bytes:
+    """Stored audio to 8 kHz mono PCM16, exactly as a whole, but a short piece at a time.
+
+    Loaded in a thread, the decoding must let the reactor thread run: one call
+    over a whole file would hold the GIL for as long as its C loops take.
+    """
+    from gb28181talk.media import g711
+    from gb28181talk.media.law import Law
+    from gb28181talk.media.resample import StreamResampler
+
+    law = None if encoding == "pcm16" else Law.from_name(encoding)
+    step = DECODE_CHUNK_FRAMES * channels * (2 if law is None else 1)
+    resampler = StreamResampler(sample_rate, channels)
+    view = memoryview(data)
+    out = bytearray()
+    for start in range(0, len(view), step):
+        chunk = bytes(view[start : start + step])
+        out += resampler.feed(chunk if law is None else g711.decode(law, chunk))
+    out += resampler.flush()
+    return bytes(out)
 
 
 @implementer(IAudioSource)

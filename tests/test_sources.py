@@ -21,16 +21,19 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from gb28181talk import sources
 from gb28181talk.errors import SourceError
 from gb28181talk.interfaces import FRAME_BYTES, FRAME_SAMPLES, IAudioSink, IAudioSource
 from gb28181talk.media import g711
 from gb28181talk.media.law import Law
+from gb28181talk.media.wav import read_wav
 from gb28181talk.sources import (
     DeviceAudioSource,
     FileSource,
     LiveSource,
     SourceRegistry,
     ToneSource,
+    load_audio_file,
 )
 
 # --------------------------------------------------------------------------- helpers
@@ -227,6 +230,27 @@ def test_file_source_resamples_a_16k_stereo_wav(tmp_path: Path) -> None:
     assert source.ended
     info = source.describe()
     assert info["duration_ms"] == 500 and info["path"] == str(path)
+
+
+@pytest.mark.parametrize(("rate", "channels", "tag"), [
+    (48000, 2, 1), (44100, 1, 1), (8000, 2, 1), (8000, 1, 1), (16000, 2, 6), (8000, 1, 7),
+])
+def test_file_decoding_in_pieces_equals_decoding_whole(
+    tmp_path: Path, monkeypatch: Any, rate: int, channels: int, tag: int
+) -> None:
+    monkeypatch.setattr(sources, "DECODE_CHUNK_FRAMES", 37)  # many odd-sized pieces
+    width = 2 if tag == 1 else 1
+    frames = 1000 + 3
+    data = bytes((i * 37 + (i >> 7)) & 0xFF for i in range(frames * channels * width))
+    blob = b"".join([
+        b"RIFF", struct.pack("<I", 36 + len(data)), b"WAVE", b"fmt ",
+        struct.pack("<IHHIIHH", 16, tag, channels, rate, rate * channels * width,
+                    channels * width, 8 * width),
+        b"data", struct.pack("<I", len(data)), data,
+    ])
+    path = tmp_path / "a.wav"
+    path.write_bytes(blob)
+    assert load_audio_file(str(path)) == read_wav(blob).to_8k_mono_pcm16()
 
 
 def test_file_source_reads_raw_alaw(tmp_path: Path) -> None:
