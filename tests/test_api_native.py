@@ -306,7 +306,8 @@ class NativeApiTests(unittest.TestCase):
     @async_test
     async def test_unknown_paths_and_methods_answer_json(self) -> None:
         for path in ("/nope", "/api/nope", "/api/sources/a/b/c", "/index", "/index/api",
-                     "/index/nope", "/api", "/api/sessions/x/y"):
+                     "/index/nope", "/api", "/api/sessions/x/y", "/metrics/x",
+                     "/api/health/x", "/api/pool/x", "/index/api/getMediaList/x"):
             reply = await call("GET", self.url(path))
             assert reply.status == 404, path
             assert reply.json["code"] == codes.NOT_FOUND, path

@@ -248,6 +248,9 @@ class JsonResource(Resource):
 
     def render(self, request: Request) -> bytes | int:
         args = RequestArgs(request)
+        if self.isLeaf and any(request.postpath):
+            # A leaf with path segments left over (``/metrics/x``): an unknown path.
+            return error_body(request, not_found(args.path, self.hint), True)
         method = request.method.decode("ascii", "replace").upper()
         try:
             handler = self._handler(method, args)
