@@ -150,6 +150,15 @@ def machine_busy_seconds() -> float:
     return (sum(values[:8]) - idle) / CLOCK_TICKS
 
 
+def core_jiffies(cpu: int) -> list[int]:
+    """The /proc/stat counters of one core: user nice system idle iowait irq softirq steal."""
+    with open("/proc/stat") as stat:
+        for line in stat:
+            if line.startswith(f"cpu{cpu} "):
+                return [int(v) for v in line.split()[1:9]]
+    return [0] * 8
+
+
 def proc_rss_kib(pid: int) -> int:
     """Resident set size of ``pid`` in KiB."""
     with open(f"/proc/{pid}/status") as status:
@@ -183,6 +192,7 @@ class ProcSampler:
     pid: int
     interval: float = 1.0
     samples: list[tuple[float, float, int, float]] = field(default_factory=list)
+    core: list[tuple[float, list[int]]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -202,6 +212,7 @@ class ProcSampler:
                         machine_busy_seconds(),
                     )
                 )
+                self.core.append((time.monotonic(), core_jiffies(SERVICE_CPU)))
             except OSError:
                 return
             next_at += self.interval
@@ -234,8 +245,17 @@ class ProcSampler:
             if len(inside) > 1
             else 0.0
         )
+        core = [sample for sample in self.core if start <= sample[0] <= end]
+        service_core: dict[str, float] = {}
+        if len(core) > 1:
+            deltas = [b - a for a, b in zip(core[0][1], core[-1][1], strict=True)]
+            total = sum(deltas) or 1
+            names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+            service_core = {name: round(d / total * 100, 1) for name, d in zip(names, deltas,
+                                                                             strict=True)}
         return {
             "cpu_percent": {**summary(percents, 1), "mean": round(mean, 1)},
+            "service_core_percent": service_core,
             "machine_busy_percent": round(busy, 1),
             "rss_kib_max": max((sample[2] for sample in inside), default=0),
             "rss_kib_last": inside[-1][2] if inside else 0,
@@ -263,15 +283,26 @@ class ServiceProcess:
         log_name: str = "service",
         python_prefix: Sequence[str] = (),
         pinned: bool = True,
+        probe_gc: bool = True,
+        gc_freeze: bool = False,
     ) -> None:
         self.port_range = port_range
         self.pinned = pinned
+        self.gc_log: Path | None = (
+            RESULTS / f"{log_name}.gc.jsonl" if probe_gc or gc_freeze else None
+        )
+        self.env = {**os.environ, "GBTALK_GC_FREEZE": "1" if gc_freeze else "0"}
+        entry = (
+            [sys.executable, str(HERE / "gc_probe.py"), str(self.gc_log)]
+            if self.gc_log is not None
+            else [str(VENV_BIN / "twistd")]
+        )
         self.api_port = free_tcp_port()
         RESULTS.mkdir(exist_ok=True)
         self.log_path = RESULTS / f"{log_name}.log"
         self.command = [
             *python_prefix,
-            str(VENV_BIN / "twistd"),
+            *entry,
             "-n",
             "--pidfile=",
             f"--logfile={self.log_path}",
@@ -298,12 +329,14 @@ class ServiceProcess:
 
     def start(self, ready_timeout: float = 20.0) -> None:
         """Start the service and wait (bounded) until /api/health answers."""
-        if self.log_path.exists():
-            self.log_path.unlink()
+        for stale in (self.log_path, self.gc_log):
+            if stale is not None and stale.exists():
+                stale.unlink()
         cpus = {SERVICE_CPU} if self.pinned and (os.cpu_count() or 1) > 1 else None
         self.process = subprocess.Popen(
             self.command,
             stdin=subprocess.DEVNULL,
+            env=self.env,
             preexec_fn=(lambda: pin(cpus)) if cpus else None,
         )
         deadline = time.monotonic() + ready_timeout
@@ -331,6 +364,25 @@ class ServiceProcess:
 
     def fd_count(self) -> int:
         return proc_fd_count(self.pid)
+
+    def gc_pauses(self, start_wall: float, end_wall: float) -> dict[str, Any]:
+        """The service's garbage-collector pauses over 1 ms between two wall-clock instants."""
+        pauses: list[dict[str, Any]] = []
+        if self.gc_log is not None and self.gc_log.exists():
+            for line in self.gc_log.read_text().splitlines():
+                record = json.loads(line)
+                if start_wall <= record["t"] <= end_wall:
+                    pauses.append(record)
+        by_generation: dict[str, int] = {}
+        for record in pauses:
+            key = str(record["generation"])
+            by_generation[key] = by_generation.get(key, 0) + 1
+        return {
+            "over_1ms": len(pauses),
+            "max_ms": max((record["ms"] for record in pauses), default=0.0),
+            "total_ms": round(sum(record["ms"] for record in pauses), 1),
+            "by_generation": by_generation,
+        }
 
     def metrics(self) -> dict[str, float]:
         """The /metrics page as {name{labels}: value}."""

@@ -28,7 +28,7 @@ def main() -> None:
     settings = argparse.Namespace(
         packet_ms=args.packet_ms, duration=args.duration, warmup=3.0, sample=40, concurrency=8,
         connect_seconds=3.0, drain_ms=200, preroll_ms=0, jitter_bound=5.0, cpu_bound=100.0,
-        port_low=DEFAULT_PORT_RANGE[0], profile=False, quiet=True,
+        port_low=DEFAULT_PORT_RANGE[0], profile=False, quiet=True, gc_freeze=False,
     )
     raise_fd_limit()
     pin_self_away_from_service()

@@ -50,7 +50,8 @@ DRAIN_CHUNK = 256
 
 def log_event(event: str, **fields: Any) -> None:
     """A progress line for the orchestrating script."""
-    print(json.dumps({"event": event, "t": time.monotonic(), **fields}), flush=True)
+    print(json.dumps({"event": event, "t": time.monotonic(), "wall": time.time(), **fields}),
+          flush=True)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -238,8 +239,10 @@ class Device:
     covers one packet and its kernel timestamp is that packet's arrival.
     """
 
-    def __init__(self, loop: Loop, port: int, sampled: bool, host: str = "127.0.0.1") -> None:
+    def __init__(self, loop: Loop, port: int, sampled: bool, host: str = "127.0.0.1",
+                 rcvbuf: int | None = None) -> None:
         self.loop = loop
+        self.rcvbuf = rcvbuf
         self.port = port
         self.host = host
         self.sampled = sampled
@@ -264,6 +267,8 @@ class Device:
         """Dial the talk port without blocking."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
+        if self.rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
         if self.sampled:
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.sock = sock
@@ -379,6 +384,12 @@ class Device:
                 self._part.clear()
                 self._header = True
                 self._need = 2
+
+    def send(self, data: bytes) -> None:
+        """Device to service (small amounts: a loopback socket buffer takes them at once)."""
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.send(data)
 
     def close(self, reset: bool = False) -> None:
         sock, self.sock = self.sock, None
@@ -636,6 +647,15 @@ def mode_setup(job: dict[str, Any]) -> dict[str, Any]:
 
 CHURN_KINDS = ("stop-before-connect", "timeout", "connect-then-stop", "device-closes",
                "device-resets", "connect-after-stop")
+FAULT_KINDS = ("two-way-garbage", "oversized-frame", "wrong-ssrc", "connects-twice",
+               "stops-reading", "malformed-call")
+"""Further kinds for the soak (benchmarks/soak.py): each must end the way the service promises."""
+
+
+def device_rtp(sequence: int, ssrc: int) -> bytes:
+    """One RFC 4571-framed PCMA packet as a device sends it."""
+    return struct.pack("!HBBHII", 172, 0x80, 8, sequence & 0xFFFF, sequence * 160, ssrc) + (
+        b"\xd5" * 160)
 
 
 def mode_churn(job: dict[str, Any]) -> dict[str, Any]:
@@ -647,7 +667,9 @@ def mode_churn(job: dict[str, Any]) -> dict[str, Any]:
     app, stream = job["sources"][0]
     base = job.get("ssrc_base", 100000000)
     timeout_ms = job.get("timeout_ms", 300)
-    counts = dict.fromkeys(CHURN_KINDS, 0)
+    kinds = tuple(job.get("kinds", CHURN_KINDS))
+    issue_until = time.monotonic() + job.get("issue_seconds", 1e9)
+    counts = dict.fromkeys(kinds, 0)
     problems: list[str] = []
     state = {"issued": 0, "done": 0, "failed": 0}
     began = time.monotonic()
@@ -669,16 +691,23 @@ def mode_churn(job: dict[str, Any]) -> dict[str, Any]:
 
     def begin() -> None:
         index = state["issued"]
-        if index >= total:
+        if index >= total or time.monotonic() >= issue_until:
             return
         state["issued"] += 1
-        kind = CHURN_KINDS[index % len(CHURN_KINDS)]
+        kind = kinds[index % len(kinds)]
         counts[kind] += 1
         ssrc = (base + index) % 2**32
-        extra = {"use_ps": 0, "pt": 8}
+        extra: dict[str, Any] = {"use_ps": 0, "pt": 8}
         if kind == "timeout":
             extra["close_delay_ms"] = timeout_ms
+        elif kind in ("two-way-garbage", "oversized-frame"):
+            extra["recv_stream_id"] = f"voice{ssrc}"
+        elif kind == "malformed-call":
+            extra = {"pt": "x", "src_port": "70000"}
         method, path, body = start_path("zlm", app, stream, ssrc, extra)
+        if kind == "wrong-ssrc":
+            method, path, body = start_path("native", app, stream, ssrc, {
+                "two_way": True, "ssrc_policy": "strict", "max_ssrc_violations": 2})
 
         def stop(then: Callable[[], None]) -> None:
             m, p, b = stop_path(app, stream, ssrc)
@@ -687,11 +716,19 @@ def mode_churn(job: dict[str, Any]) -> dict[str, Any]:
             ))
 
         def started(reply: dict[str, Any], _s: float) -> None:
+            if kind == "malformed-call":
+                if reply.get("code") == -300:
+                    finish()
+                else:
+                    failed(f"malformed-call answered {reply}")
+                return
             if reply.get("code") != 0:
                 failed(f"{kind}: start {reply.get('msg')}")
                 return
             port = int(reply["local_port"])
-            if kind == "stop-before-connect":
+            if kind in FAULT_KINDS:
+                fault(kind, port, ssrc)
+            elif kind == "stop-before-connect":
                 stop(finish)
             elif kind == "timeout":
                 finish()
@@ -720,10 +757,77 @@ def mode_churn(job: dict[str, Any]) -> dict[str, Any]:
 
         api.request(method, path, body, started)
 
+    def fault(kind: str, port: int, ssrc: int) -> None:
+        """A misbehaving device; done when the service has closed its connection."""
+        if kind == "stops-reading":
+            stuck = Device(loop, port, sampled=False, rcvbuf=2048)
+            deadline = time.monotonic() + 120
+
+            def check() -> None:
+                if stuck.sock is None and not stuck.closed_by_peer:
+                    failed(f"stops-reading: {stuck.failed}")
+                    return
+                if stuck.connected:
+                    stuck.drain()  # reads only to see the close; the buffers are long full
+                if stuck.closed_by_peer:
+                    finish()
+                elif time.monotonic() > deadline:
+                    stuck.close()
+                    failed("stops-reading: the service kept a stuck device for 120 s")
+                else:
+                    loop.call_later(5 if stuck.connected else 0.2, check)
+
+            stuck.connect()
+            loop.call_later(10, check)  # the device reads nothing for 10 s first
+            return
+        device = Device(loop, port, sampled=False)
+
+        def first(dev: Device) -> None:
+            if kind == "two-way-garbage":
+                dev.send(b"\x00\x07\x00" + os.urandom(64))
+            elif kind == "oversized-frame":
+                dev.send(device_rtp(0, ssrc) + b"\xff\xf0" + b"\x80" * 100)
+            elif kind == "wrong-ssrc":
+                dev.send(device_rtp(0, ssrc + 1) + device_rtp(1, ssrc + 2))
+            elif kind == "connects-twice":
+                second = Device(loop, port, sampled=False)
+                second.on_first_packet = lambda d: (d.close(), dev.close(), failed(
+                    f"connects-twice: a second device on port {port} was fed audio"))
+
+                def second_gone(d: Device) -> None:
+                    dev.close()
+                    finish()
+
+                second.on_closed = second_gone  # refused, or accepted and closed at once
+                second.connect()
+
+        def closed(dev: Device) -> None:
+            if kind == "connects-twice":
+                return
+            if dev.closed_by_peer:
+                finish()
+            else:
+                failed(f"{kind}: {dev.failed or 'closed by us'}")
+
+        device.on_first_packet = first
+        device.on_closed = closed
+        device.connect()
+        if kind == "connects-twice":
+            return
+
+        def overdue() -> None:
+            if device.sock is not None:
+                device.close()
+                failed(f"{kind}: the service kept the device for 30 s")
+
+        loop.call_later(30, overdue)
+
     for _ in range(min(window, total)):
         begin()
-    complete = loop.run_until(lambda: state["done"] >= total,
-                              began + job.get("max_seconds", 1800))
+    complete = loop.run_until(
+        lambda: state["done"] >= state["issued"] and (
+            state["issued"] >= total or time.monotonic() >= issue_until),
+        began + job.get("max_seconds", 1800))
     seconds = time.monotonic() - began
     return {
         "mode": "churn",

@@ -68,7 +68,8 @@ def measure(args: argparse.Namespace, sessions: int, sources: int = 1,
             label: str = "") -> dict[str, Any]:
     """One run: a fresh service, ``sessions`` streaming sessions, ``args.duration`` s measured."""
     port_range = (args.port_low, args.port_low + max(sessions, 1) + 500)
-    service = ServiceProcess(port_range, wait_timeout=120, log_name=f"service_load{label}")
+    service = ServiceProcess(port_range, wait_timeout=120, log_name=f"service_load{label}",
+                             gc_freeze=args.gc_freeze)
     service.start()
     profiler: subprocess.Popen[bytes] | None = None
     try:
@@ -79,10 +80,12 @@ def measure(args: argparse.Namespace, sessions: int, sources: int = 1,
         sampler = ProcSampler(service.pid, interval=1.0)
         sampler.start()
         marks: dict[str, float] = {}
+        walls: dict[str, float] = {}
 
         def on_event(event: dict[str, Any]) -> None:
             nonlocal profiler
             marks[event["event"]] = event["t"]
+            walls[event["event"]] = event["wall"]
             if event["event"] == "measuring" and args.profile:
                 profiler = start_profiler(args, service.pid, label)
             if event["event"] in ("started", "connected") and not args.quiet:
@@ -112,6 +115,7 @@ def measure(args: argparse.Namespace, sessions: int, sources: int = 1,
         if profiler is not None:
             profiler.wait(60)
         window = sampler.window(marks.get("measuring", 0), marks.get("measured", 1e18))
+        gc_pauses = service.gc_pauses(walls.get("measuring", 0), walls.get("measured", 1e18))
         metrics_after = service.metrics()
         fds_streaming = max(0, fds_base)  # the devices are gone by now; report descriptors below
     finally:
@@ -139,11 +143,13 @@ def measure(args: argparse.Namespace, sessions: int, sources: int = 1,
         "packet_ms": args.packet_ms,
         "passed": passed,
         "service_cpu_percent": cpu,
+        "service_core_percent": window["service_core_percent"],
         "service_rss_kib_base": rss_base,
         "service_rss_kib_max": window["rss_kib_max"],
         "service_rss_kib_per_session": round(rss_per_session, 2),
         "service_fds_base": fds_streaming,
         "service_packets_dropped": dropped,
+        "service_gc_pauses": gc_pauses,
         "other_processes_cpu_percent": max(0.0, round(
             window["machine_busy_percent"] - cpu["mean"] - devices["loadgen_cpu_percent"], 1
         )),
@@ -174,6 +180,7 @@ def row(result: dict[str, Any]) -> list[Any]:
         result["packet_ms"],
         cpu["median"],
         cpu["p99"],
+        result["service_core_percent"].get("softirq", 0.0),
         dev["jitter_ms"]["median"],
         dev["jitter_ms"]["p99"],
         dev["jitter_ms"]["max"],
@@ -181,14 +188,15 @@ def row(result: dict[str, Any]) -> list[Any]:
         dev["late"],
         f"{dev['packets']}",
         result["service_rss_kib_per_session"],
+        result["service_gc_pauses"]["max_ms"],
         dev["loadgen_cpu_percent"],
         result["other_processes_cpu_percent"],
         "yes" if result["passed"] else "NO",
     ]
 
 
-HEADERS = ["N", "sources", "pkt ms", "CPU% med", "CPU% p99", "jit p50", "jit p99", "jit max",
-           "lost", "late", "sampled pkts", "KiB/sess", "loadgen CPU%",
+HEADERS = ["N", "sources", "pkt ms", "CPU% med", "CPU% p99", "softirq%", "jit p50", "jit p99",
+           "jit max", "lost", "late", "sampled pkts", "KiB/sess", "GC max ms", "loadgen CPU%",
            "others CPU%", "ok"]
 
 
@@ -256,6 +264,8 @@ def main() -> None:
     parser.add_argument("--sweep-max", type=int, default=6000)
     parser.add_argument("--sweep-resolution", type=int, default=100)
     parser.add_argument("--confirm", type=int, default=1, help="re-runs of a missed N")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="try the proposed gc.freeze() at start (benchmarks/gc_probe.py)")
     parser.add_argument("--profile", action="store_true", help="py-spy the measured window")
     parser.add_argument("--profile-format", default="raw", choices=["raw", "flamegraph",
                                                                       "speedscope"])

@@ -1,0 +1,70 @@
+"""Runs ``twistd`` with the garbage collector's pauses recorded: for benchmarks only.
+
+    python benchmarks/gc_probe.py OUTPUT.jsonl [twistd arguments...]
+
+Every collection that takes longer than 1 ms is appended to OUTPUT.jsonl as
+``{"t": wall time, "ms": pause, "generation": n, "collected": n}`` as it
+happens (a pause that long is rare, so the writes cost nothing that matters),
+so a benchmark can set jitter at the devices against the service's pauses.
+The service itself is unchanged; this only wraps its entry point.
+
+With ``GBTALK_GC_FREEZE=1`` in the environment it also tries the change
+proposed for service.py: once the reactor runs, one full collection and then
+``gc.freeze()``, so the objects of startup (Twisted, zope.interface, our
+modules: most of the heap) are no longer scanned by every full collection.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import time
+from typing import Any
+
+THRESHOLD_S = 0.001
+
+
+def install(path: str) -> None:
+    """Record collections longer than THRESHOLD_S to ``path`` (JSON lines)."""
+    output = open(path, "a", buffering=1)  # noqa: SIM115 (open for the process's life)
+    started = [0.0]
+
+    def on_collection(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        pause = time.perf_counter() - started[0]
+        if pause >= THRESHOLD_S:
+            output.write(json.dumps({
+                "t": time.time(), "ms": round(pause * 1000, 3),
+                "generation": info.get("generation"), "collected": info.get("collected"),
+            }) + "\n")
+
+    gc.callbacks.append(on_collection)
+
+
+def freeze_when_running() -> None:
+    """Collect once and freeze the survivors when the reactor starts (the proposed change)."""
+    from twisted.internet import reactor
+
+    def freeze() -> None:
+        gc.collect()
+        gc.freeze()
+
+    reactor.callWhenRunning(freeze)  # type: ignore[attr-defined]
+
+
+def main() -> None:
+    install(sys.argv[1])
+    if os.environ.get("GBTALK_GC_FREEZE") == "1":
+        freeze_when_running()
+    from twisted.scripts.twistd import run
+
+    sys.argv = ["twistd", *sys.argv[2:]]
+    run()
+
+
+if __name__ == "__main__":
+    main()
