@@ -47,6 +47,9 @@ log = Logger()
 PS_TICKS_PER_FRAME = 90_000 * FRAME_MS // 1000
 """RTP timestamp ticks per 20 ms frame for PS payloads (90 kHz clock)."""
 
+_STREAMING = SessionState.STREAMING
+_LISTENING = SessionState.LISTENING
+
 _RTCP_PACKET_TYPES = frozenset(range(200, 205))
 """SR, RR, SDES, BYE, APP: second byte of an RTCP packet (RFC 3550, RFC 5761 demux)."""
 
@@ -134,6 +137,12 @@ class TalkSession(ServerFactory):
             PS_TICKS_PER_FRAME if params.packaging is Packaging.PS else FRAME_SAMPLES
         )
         self._framed = params.framing is Framing.RFC4571
+        # Read on every packet: kept as plain attributes, not looked up through params.
+        self._law = params.law
+        self._payload_type = params.rtp_payload_type
+        self._ssrc = params.key.ssrc
+        self._packet_ms = params.packet_ms
+        self._receive_timeout = params.receive_timeout
         seed = rng_seed if rng_seed is not None else secrets.randbits(48)
         self._sequence = seed & 0xFFFF
         self._timestamp = (seed >> 16) & 0xFFFFFFFF
@@ -317,13 +326,15 @@ class TalkSession(ServerFactory):
             self.end(EndReason.ERROR, f"sending failed: {error!r}")
 
     def _take_frame(self, tap: SourceTap) -> None:
-        frame = tap.g711(self.params.law)
-        if self.state is SessionState.STREAMING:
-            self._add_frame(frame, now=tap.now)
-            timeout = self.params.receive_timeout
+        # Per session, per 20 ms: everything it reads was computed once in __init__.
+        frame = tap.g711(self._law)
+        state = self.state
+        if state is _STREAMING:
+            self._add_frame(frame, tap.now, False)
+            timeout = self._receive_timeout
             if timeout is not None and tap.now - self._last_received_at > timeout:
                 self.end(EndReason.RECEIVE_TIMEOUT, f"no audio from the device for {timeout:g} s")
-        elif self.state is SessionState.LISTENING:
+        elif state is _LISTENING:
             self._preroll.append(frame)
 
     def source_ended(self, tap: SourceTap) -> None:
@@ -333,41 +344,35 @@ class TalkSession(ServerFactory):
         self.end(EndReason.SOURCE_ENDED, f"source {self.source.app}/{self.source.stream} ended")
 
     def _add_frame(self, frame: bytes | None, now: float = 0.0, preroll: bool = False) -> None:
+        chunks = self._chunks
         if frame is None:
             # A gap (live source underrun): send what we have, keep time, mark the restart.
-            if self._chunks:
+            if chunks:
                 self._send_packet(now, preroll)
             self._timestamp = (self._timestamp + self._ticks_per_frame) & 0xFFFFFFFF
             self._marker = True
             return
-        if not self._chunks:
+        if not chunks:
             self._packet_timestamp = self._timestamp
-        self._chunks.append(frame)
+        chunks.append(frame)
         self._timestamp = (self._timestamp + self._ticks_per_frame) & 0xFFFFFFFF
-        if len(self._chunks) >= self._frames_per_packet:
+        if len(chunks) >= self._frames_per_packet:
             self._send_packet(now, preroll)
 
     def _send_packet(self, now: float, preroll: bool) -> None:
-        chunks, self._chunks = self._chunks, []
+        chunks = self._chunks
         audio = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
         timestamp = self._packet_timestamp
         if self._ps_muxer is not None:
             audio = self._ps_muxer.mux(audio, timestamp)
-        first_byte = 0x80
-        second_byte = self.params.rtp_payload_type | (0x80 if self._marker else 0)
+        second_byte = self._payload_type | 0x80 if self._marker else self._payload_type
         if self._framed:
             header = _FRAMED_RTP_HEADER.pack(
-                12 + len(audio),
-                first_byte,
-                second_byte,
-                self._sequence,
-                timestamp,
-                self.key.ssrc,
+                12 + len(audio), 0x80, second_byte, self._sequence, timestamp, self._ssrc
             )
         else:
-            header = _RTP_HEADER.pack(
-                first_byte, second_byte, self._sequence, timestamp, self.key.ssrc
-            )
+            header = _RTP_HEADER.pack(0x80, second_byte, self._sequence, timestamp, self._ssrc)
         writer = self._writer
         if writer is None:
             return
@@ -383,7 +388,7 @@ class TalkSession(ServerFactory):
             return
         last, self._last_send_at = self._last_send_at, now
         if last is not None:
-            jitter = abs((now - last) * 1000 - self.params.packet_ms)
+            jitter = abs((now - last) * 1000 - self._packet_ms)
             self._jitter_total += jitter
             self._jitter_count += 1
             if jitter > self._jitter_max:
