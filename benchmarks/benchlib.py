@@ -368,16 +368,25 @@ class ServiceProcess:
     def gc_pauses(self, start_wall: float, end_wall: float) -> dict[str, Any]:
         """The service's garbage-collector pauses over 1 ms between two wall-clock instants."""
         pauses: list[dict[str, Any]] = []
+        totals: list[dict[str, Any]] = []
         if self.gc_log is not None and self.gc_log.exists():
             for line in self.gc_log.read_text().splitlines():
                 record = json.loads(line)
                 if start_wall <= record["t"] <= end_wall:
-                    pauses.append(record)
+                    (totals if "total_ms" in record else pauses).append(record)
+        share = 0.0
+        if len(totals) > 1 and totals[-1]["t"] > totals[0]["t"]:
+            share = ((totals[-1]["total_ms"] - totals[0]["total_ms"]) / 1000
+                     / (totals[-1]["t"] - totals[0]["t"]) * 100)
         by_generation: dict[str, int] = {}
         for record in pauses:
             key = str(record["generation"])
             by_generation[key] = by_generation.get(key, 0) + 1
         return {
+            "cpu_percent": round(share, 1),
+            "collections_per_s": round(
+                (totals[-1]["collections"] - totals[0]["collections"])
+                / (totals[-1]["t"] - totals[0]["t"]), 1) if share else 0.0,
             "over_1ms": len(pauses),
             "max_ms": max((record["ms"] for record in pauses), default=0.0),
             "total_ms": round(sum(record["ms"] for record in pauses), 1),

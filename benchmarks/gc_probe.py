@@ -6,6 +6,8 @@ Every collection that takes longer than 1 ms is appended to OUTPUT.jsonl as
 ``{"t": wall time, "ms": pause, "generation": n, "collected": n}`` as it
 happens (a pause that long is rare, so the writes cost nothing that matters),
 so a benchmark can set jitter at the devices against the service's pauses.
+Every 5 s a running total is appended too (``{"t", "total_ms", "collections"}``):
+the share of the core the collector takes, however short its pauses.
 The service itself is unchanged; this only wraps its entry point.
 
 With ``GBTALK_GC_FREEZE=1`` in the environment it also tries the change
@@ -30,12 +32,20 @@ def install(path: str) -> None:
     """Record collections longer than THRESHOLD_S to ``path`` (JSON lines)."""
     output = open(path, "a", buffering=1)  # noqa: SIM115 (open for the process's life)
     started = [0.0]
+    totals = {"seconds": 0.0, "collections": 0, "reported": time.monotonic()}
 
     def on_collection(phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             started[0] = time.perf_counter()
             return
         pause = time.perf_counter() - started[0]
+        totals["seconds"] += pause
+        totals["collections"] += 1
+        if time.monotonic() - totals["reported"] >= 5:
+            totals["reported"] = time.monotonic()
+            output.write(json.dumps({"t": time.time(), "total_ms": round(totals["seconds"] * 1000,
+                                                                           1),
+                                     "collections": totals["collections"]}) + "\n")
         if pause >= THRESHOLD_S:
             output.write(json.dumps({
                 "t": time.time(), "ms": round(pause * 1000, 3),

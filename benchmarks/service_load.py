@@ -188,6 +188,7 @@ def row(result: dict[str, Any]) -> list[Any]:
         dev["late"],
         f"{dev['packets']}",
         result["service_rss_kib_per_session"],
+        result["service_gc_pauses"]["cpu_percent"],
         result["service_gc_pauses"]["max_ms"],
         dev["loadgen_cpu_percent"],
         result["other_processes_cpu_percent"],
@@ -196,7 +197,8 @@ def row(result: dict[str, Any]) -> list[Any]:
 
 
 HEADERS = ["N", "sources", "pkt ms", "CPU% med", "CPU% p99", "softirq%", "jit p50", "jit p99",
-           "jit max", "lost", "late", "sampled pkts", "KiB/sess", "GC max ms", "loadgen CPU%",
+           "jit max", "lost", "late", "sampled pkts", "KiB/sess", "GC CPU%", "GC max ms",
+           "loadgen CPU%",
            "others CPU%", "ok"]
 
 

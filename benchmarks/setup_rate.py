@@ -14,11 +14,15 @@ writes benchmarks/results/setup_rate.json.
 from __future__ import annotations
 
 import argparse
+import signal
+import subprocess
 import sys
 from typing import Any
 
 from benchlib import (
     DEFAULT_PORT_RANGE,
+    RESULTS,
+    VENV_BIN,
     ProcSampler,
     ServiceProcess,
     pin_self_away_from_service,
@@ -35,6 +39,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="API connections")
     parser.add_argument("--probes", type=int, default=500, help="first-packet latency probes")
     parser.add_argument("--port-low", type=int, default=DEFAULT_PORT_RANGE[0])
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the service while sessions start (profile-setup.raw)")
     args = parser.parse_args()
     raise_fd_limit()
     pin_self_away_from_service()
@@ -57,7 +63,21 @@ def main() -> None:
             "latency_probes": args.probes,
         }
         began = sampler.samples[-1][0] if sampler.samples else 0.0
-        result = run_loadgen(job, lambda event: marks.setdefault(event["event"], event["t"]))
+        profiler = None
+        if args.profile:
+            profiler = subprocess.Popen(
+                [str(VENV_BIN / "py-spy"), "record", "--pid", str(service.pid), "--rate", "200",
+                 "--format", "raw", "--output", str(RESULTS / "profile-setup.raw"),
+                 "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def on_event(event: dict[str, Any]) -> None:
+            marks.setdefault(event["event"], event["t"])
+            if event["event"] == "started" and profiler is not None:
+                profiler.send_signal(signal.SIGINT)  # py-spy writes its output and exits
+
+        result = run_loadgen(job, on_event)
+        if profiler is not None:
+            profiler.wait(30)
         sampler.stop()
         starting = sampler.window(began, marks.get("started", began))
         leased = service.api.call("GET", "/api/pool")["leased"] if service.api else None
