@@ -62,7 +62,7 @@ def summary(values: Sequence[float], digits: int = 3) -> dict[str, float]:
 
 
 def machine_info() -> dict[str, Any]:
-    """What the figures came from: CPU model and count, kernel, Python, Twisted."""
+    """What the figures came from: the commit, CPU model and count, kernel, Python, Twisted."""
     model = ""
     try:
         with open("/proc/cpuinfo") as info:
@@ -78,7 +78,15 @@ def machine_info() -> dict[str, Any]:
         twisted_version = twisted.__version__
     except ImportError:  # pragma: no cover
         twisted_version = "?"
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(HERE), "describe", "--always", "--dirty"],
+            capture_output=True, text=True, timeout=10, check=False,
+        ).stdout.strip()
+    except OSError:
+        commit = ""
     return {
+        "commit": commit,
         "cpus": os.cpu_count(),
         "cpu_model": model,
         "kernel": platform.release(),
