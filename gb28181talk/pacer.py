@@ -187,8 +187,11 @@ class Pacer:
         finally:
             self._in_tick = False
         if self._taps:
+            # callLater counts from now, after the sends: measure from there, or every
+            # tick would start late by the time the previous one took.
             next_at = self._epoch + self._frames_done * self._frame_s
-            self._call = self._clock.callLater(max(next_at - now, 0.0), self._tick)
+            delay = next_at - self._clock.seconds()
+            self._call = self._clock.callLater(max(delay, 0.0), self._tick)
 
     def _send_due_frames(self, now: float) -> None:
         scheduled = self._epoch + self._frames_done * self._frame_s

@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReadDescriptor
@@ -762,11 +761,6 @@ class _WorkingListener:
         """Never: the source loops."""
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Pacer._tick schedules the next tick with callLater(next_at - now) where `now` was "
-    "read before the frames were sent; callLater counts from after, so every tick starts late "
-    "by the previous tick's work, and any change in that work (a busier tick, ACKs, GC) moves "
-    "every session's next packet: tick-start jitter at high N"))
 def test_the_time_a_tick_takes_does_not_delay_the_next_one() -> None:
     clock = Clock()
     pacer = Pacer(clock)
