@@ -96,6 +96,7 @@ class ServiceProcessTests(unittest.TestCase):
         log = self.log()
         assert self.process.returncode == 0, log
         assert "open-file limit" in log
+        assert "heap frozen after start-up" in log, log
         assert log.count("ended: shutdown") == 2, log
         assert "Traceback" not in log, log
         await device.closed
