@@ -34,6 +34,16 @@ from benchlib import (
 from service_load import create_sources, raise_fd_limit
 
 
+def wait_settled(service: Any, probe: Any, seconds: float, step: float) -> dict[str, Any]:
+    """Snapshot the service until it holds no session and no lease, for at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    after = snapshot(service, probe)
+    while (after["sessions"] or after["leased"]) and time.monotonic() < deadline:
+        time.sleep(step)
+        after = snapshot(service, probe)
+    return after
+
+
 def snapshot(service: ServiceProcess, api: Api) -> dict[str, Any]:
     """Descriptors, sockets, leases, live sessions and RSS of the service now."""
     pool = api.call("GET", "/api/pool")
@@ -98,11 +108,7 @@ def main() -> None:
         stop.set()
         sampler.join(10)
         # Every session ends on its own (timeouts) or has ended; wait for them, bounded.
-        settled = time.monotonic() + 30
-        after = snapshot(service, probe)
-        while (after["sessions"] or after["leased"]) and time.monotonic() < settled:
-            time.sleep(0.5)
-            after = snapshot(service, probe)
+        after = wait_settled(service, probe, seconds=30, step=0.5)
         probe.close()
         metrics = service.metrics()
     finally:

@@ -36,7 +36,7 @@ from benchlib import (
     run_loadgen,
     write_result,
 )
-from churn import snapshot
+from churn import snapshot, wait_settled
 from loadgen_api import CHURN_KINDS, FAULT_KINDS
 from service_load import create_sources, raise_fd_limit
 
@@ -104,11 +104,7 @@ def main() -> None:
             thread.join(args.duration + 900)
         stop.set()
         threads[0].join(15)
-        settled = time.monotonic() + 60
-        after = snapshot(service, probe)
-        while (after["sessions"] or after["leased"]) and time.monotonic() < settled:
-            time.sleep(1)
-            after = snapshot(service, probe)
+        after = wait_settled(service, probe, seconds=60, step=1)
         probe.close()
         metrics = service.metrics()
     finally:
