@@ -477,3 +477,24 @@ def test_stop_aborts_a_device_that_is_not_reading() -> None:
         reactor.advance(0.02)
     session.stop()
     assert device.transport.disconnected, "aborted at once, not waiting for a drain"
+
+
+def test_send_jitter_is_recorded_against_the_packet_duration() -> None:
+    reactor, manager, _ = make()
+    session = manager.start(params(preroll_ms=0), tone_source())
+    reactor.advance(0)  # the pacer's first tick, so nothing is due twice after the connect
+    FakeDevice().connect(reactor, session.port)
+
+    def next_tick() -> None:  # to the pacer's exact time (summing 0.02 s drifts in floats)
+        due = min(call.getTime() for call in reactor.getDelayedCalls())
+        reactor.advance(due - reactor.seconds())
+
+    for _ in range(20):  # on the 20 ms grid: no jitter
+        next_tick()
+    assert session.stats.jitter_max_ms == pytest.approx(0.0, abs=1e-6)
+    reactor.advance(0.06)  # a reactor stall: a 60 ms gap where 20 ms was due, 40 ms of jitter
+    for _ in range(5):
+        next_tick()
+    stats = session.stats
+    assert stats.jitter_max_ms == pytest.approx(40.0, abs=0.5)
+    assert 0 < stats.jitter_mean_ms < stats.jitter_max_ms
