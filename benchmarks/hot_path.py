@@ -35,15 +35,15 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 
-import gb28181talk.manager
-import gb28181talk.pacer
-from gb28181talk.manager import SessionManager
+import gb28181talk.core.manager
+import gb28181talk.core.pacer
+from gb28181talk.core.manager import SessionManager
+from gb28181talk.core.pacer import SourceTap
+from gb28181talk.core.params import Packaging, SessionKey, SessionParams, SessionState
+from gb28181talk.core.ports import PortPool
+from gb28181talk.core.session import TalkSession
 from gb28181talk.media import g711
-from gb28181talk.pacer import SourceTap
-from gb28181talk.params import Packaging, SessionKey, SessionParams, SessionState
-from gb28181talk.ports import PortPool
-from gb28181talk.session import TalkSession
-from gb28181talk.sources import ToneSource
+from gb28181talk.sources.registry import ToneSource
 
 _FRAMED = struct.Struct("!HBBHII")
 STREAMING = SessionState.STREAMING
@@ -268,8 +268,8 @@ VARIANTS = {"current": (TalkSession, SourceTap), "lean": (LeanTalkSession, Sourc
 def use_variant(variant: str) -> None:
     """Make the manager and pacer build this variant's sessions and taps."""
     session_class, tap_class = VARIANTS[variant]
-    gb28181talk.manager.TalkSession = session_class
-    gb28181talk.pacer.SourceTap = tap_class
+    gb28181talk.core.manager.TalkSession = session_class
+    gb28181talk.core.pacer.SourceTap = tap_class
 
 
 @inlineCallbacks

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from twisted.internet.protocol import Protocol, ServerFactory
 
-from gb28181talk.ports import DEFAULT_PORT_RANGE, PortPool
+from gb28181talk.core.ports import DEFAULT_PORT_RANGE, PortPool
 from gb28181talk.testing import BusyPortsReactor
 
 OCCUPANCIES = (0.0, 0.90, 0.99)

@@ -22,10 +22,10 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 
-from gb28181talk.manager import SessionManager
-from gb28181talk.params import SessionKey, SessionParams
-from gb28181talk.ports import PortPool
-from gb28181talk.sources import ToneSource
+from gb28181talk.core.manager import SessionManager
+from gb28181talk.core.params import SessionKey, SessionParams
+from gb28181talk.core.ports import PortPool
+from gb28181talk.sources.registry import ToneSource
 
 HERE = Path(__file__).resolve().parent
 

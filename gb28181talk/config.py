@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from gb28181talk.core.ports import DEFAULT_PORT_RANGE, parse_port_range
 from gb28181talk.errors import GbTalkError, PortError
-from gb28181talk.ports import DEFAULT_PORT_RANGE, parse_port_range
 
 DEFAULT_API = "tcp:8080:interface=127.0.0.1"
 DEFAULT_WAIT_TIMEOUT = 5.0

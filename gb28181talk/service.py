@@ -24,9 +24,6 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from gb28181talk.api.common import Authenticator
-from gb28181talk.api.control import TalkControl
-from gb28181talk.api.root import build_root, build_site
 from gb28181talk.config import (
     DEFAULT_API,
     DEFAULT_SERVER_ID,
@@ -37,13 +34,16 @@ from gb28181talk.config import (
     build_config,
     load_toml,
 )
-from gb28181talk.hooks import HookDeliverer
-from gb28181talk.manager import SessionManager
-from gb28181talk.metrics import Metrics
-from gb28181talk.observers import LoggingObserver
-from gb28181talk.pacer import Pacer
-from gb28181talk.ports import DEFAULT_PORT_RANGE, PortPool, ephemeral_overlap
-from gb28181talk.sources import SourceRegistry
+from gb28181talk.core.manager import SessionManager
+from gb28181talk.core.observers import LoggingObserver
+from gb28181talk.core.pacer import Pacer
+from gb28181talk.core.ports import DEFAULT_PORT_RANGE, PortPool, ephemeral_overlap
+from gb28181talk.core.talk import TalkControl
+from gb28181talk.sources.registry import SourceRegistry
+from gb28181talk.web.common import Authenticator
+from gb28181talk.web.hooks import HookDeliverer
+from gb28181talk.web.metrics import Metrics
+from gb28181talk.web.root import build_root, build_site
 
 log = Logger()
 

@@ -19,12 +19,12 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 from twisted.web.websocket import ConnectionRejected, WebSocketClientEndpoint
 
-from gb28181talk.api import codes
-from gb28181talk.api.common import ApiError
-from gb28181talk.api.start import NATIVE_FIELDS, parse_native_start
+from gb28181talk.core.params import Packaging
 from gb28181talk.media.law import Law
 from gb28181talk.media.wav import read_wav, write_wav
-from gb28181talk.params import Packaging
+from gb28181talk.web import codes
+from gb28181talk.web.common import ApiError
+from gb28181talk.web.start import NATIVE_FIELDS, parse_native_start
 from tests.audiocheck import dominant_frequency, tone_power
 from tests.conftest import require_program
 from tests.devices import connect_device

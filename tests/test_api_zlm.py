@@ -15,16 +15,16 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from gb28181talk.api import codes
-from gb28181talk.api.common import ApiError
-from gb28181talk.api.start import parse_zlm_start
+from gb28181talk.core.params import Packaging
 from gb28181talk.media import g711
 from gb28181talk.media.framing import frame_rfc4571
 from gb28181talk.media.law import Law
 from gb28181talk.media.ps import PsDemuxer
 from gb28181talk.media.rtp import RtpPacket
 from gb28181talk.media.wav import read_wav
-from gb28181talk.params import Packaging
+from gb28181talk.web import codes
+from gb28181talk.web.common import ApiError
+from gb28181talk.web.start import parse_zlm_start
 from tests.devices import connect_device
 from tests.httpapi import ServiceHarness, async_test, call, until
 from tests.netutil import port_is_free

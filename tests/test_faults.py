@@ -31,12 +31,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from gb28181talk.api import codes
+from gb28181talk.core.pacer import Pacer
+from gb28181talk.core.params import SessionKey, SessionParams, SessionState
 from gb28181talk.media.framing import frame_rfc4571
 from gb28181talk.media.rtp import RtpPacket
-from gb28181talk.pacer import Pacer
-from gb28181talk.params import SessionKey, SessionParams, SessionState
 from gb28181talk.testing import ListSource, RecordingObserver
+from gb28181talk.web import codes
 from tests.httpapi import HookReceiver, ServiceHarness, call, sleep, until
 from tests.netutil import free_port, port_is_free
 

@@ -26,17 +26,17 @@ from twisted.logger import globalLogPublisher
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
 
-from gb28181talk.api import codes
-from gb28181talk.api.common import Authenticator
-from gb28181talk.api.control import TalkControl
-from gb28181talk.api.root import build_root, build_site
-from gb28181talk.api.start import NATIVE_FIELDS
-from gb28181talk.manager import SessionManager
-from gb28181talk.metrics import Metrics
-from gb28181talk.params import SessionState
-from gb28181talk.ports import PortPool
-from gb28181talk.sources import SourceRegistry, ToneSource
+from gb28181talk.core.manager import SessionManager
+from gb28181talk.core.params import SessionState
+from gb28181talk.core.ports import PortPool
+from gb28181talk.core.talk import TalkControl
+from gb28181talk.sources.registry import SourceRegistry, ToneSource
 from gb28181talk.testing import BusyPortsReactor
+from gb28181talk.web import codes
+from gb28181talk.web.common import Authenticator
+from gb28181talk.web.metrics import Metrics
+from gb28181talk.web.root import build_root, build_site
+from gb28181talk.web.start import NATIVE_FIELDS
 from tests.test_fuzz_session import budget
 
 SECRET = "s3cret"

@@ -17,18 +17,18 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gb28181talk.core.manager import SessionManager
+from gb28181talk.core.params import SessionState
+from gb28181talk.core.ports import PortPool
 from gb28181talk.errors import GbTalkError
-from gb28181talk.ingest import RtpIngestSource
 from gb28181talk.interfaces import FRAME_BYTES
-from gb28181talk.manager import SessionManager
 from gb28181talk.media.law import Law
 from gb28181talk.media.ps import PsMuxer
 from gb28181talk.media.rtp import RtpPacket
-from gb28181talk.params import SessionState
-from gb28181talk.ports import PortPool
-from gb28181talk.push import FORMATS, PushSource
-from gb28181talk.sources import SourceRegistry, ToneSource
-from gb28181talk.talk_signalling import TalkSignalling
+from gb28181talk.sip.seam import TalkSignalling
+from gb28181talk.sources.ingest import RtpIngestSource
+from gb28181talk.sources.push import FORMATS, PushSource
+from gb28181talk.sources.registry import SourceRegistry, ToneSource
 from gb28181talk.testing import BusyPortsReactor
 from tests.test_fuzz_session import budget
 from tests.test_sources import UdpMemoryReactor

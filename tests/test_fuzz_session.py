@@ -19,13 +19,13 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from gb28181talk.manager import SessionManager
+from gb28181talk.core.manager import SessionManager
+from gb28181talk.core.params import SessionKey, SessionParams, SessionState, SsrcPolicy
+from gb28181talk.core.ports import PortPool
 from gb28181talk.media.framing import Framing, frame_interleaved, frame_rfc4571
 from gb28181talk.media.law import Law
 from gb28181talk.media.ps import PsMuxer
 from gb28181talk.media.rtp import RtpPacket
-from gb28181talk.params import SessionKey, SessionParams, SessionState, SsrcPolicy
-from gb28181talk.ports import PortPool
 from gb28181talk.testing import (
     BusyPortsReactor,
     FakeDevice,

@@ -10,15 +10,15 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from gb28181talk.api.control import TalkControl
-from gb28181talk.hooks import HookDeliverer, hook_body
+from gb28181talk.core.manager import SessionManager
+from gb28181talk.core.params import SessionKey, SessionParams
+from gb28181talk.core.ports import PortPool
+from gb28181talk.core.talk import TalkControl
 from gb28181talk.interfaces import ISessionObserver
-from gb28181talk.manager import SessionManager
-from gb28181talk.metrics import Metrics
-from gb28181talk.params import SessionKey, SessionParams
-from gb28181talk.ports import PortPool
-from gb28181talk.sources import SourceRegistry, ToneSource
+from gb28181talk.sources.registry import SourceRegistry, ToneSource
 from gb28181talk.testing import BusyPortsReactor, FakeDevice
+from gb28181talk.web.hooks import HookDeliverer, hook_body
+from gb28181talk.web.metrics import Metrics
 from tests.devices import connect_device
 from tests.httpapi import HookReceiver, ServiceHarness, async_test, sleep, until
 from tests.netutil import free_port

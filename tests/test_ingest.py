@@ -13,13 +13,13 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from gb28181talk.errors import SourceError
-from gb28181talk.ingest import RtpIngestSource
 from gb28181talk.interfaces import FRAME_BYTES, IAudioSource
 from gb28181talk.media import g711
 from gb28181talk.media.law import Law
 from gb28181talk.media.ps import PsMuxer
 from gb28181talk.media.rtp import RtpPacket
-from gb28181talk.sources import SourceRegistry
+from gb28181talk.sources.ingest import RtpIngestSource
+from gb28181talk.sources.registry import SourceRegistry
 from tests.conftest import require_program
 from tests.test_push import async_test, sleep, until
 from tests.test_sources import (

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 
-from gb28181talk.manager import SessionManager
+from gb28181talk.core.manager import SessionManager
+from gb28181talk.core.params import SessionKey, SessionParams, SsrcPolicy
+from gb28181talk.core.ports import PortPool
 from gb28181talk.media.framing import frame_rfc4571
 from gb28181talk.media.rtp import RtpPacket
-from gb28181talk.metrics import Metrics
-from gb28181talk.params import SessionKey, SessionParams, SsrcPolicy
-from gb28181talk.ports import PortPool
-from gb28181talk.sources import SourceRegistry, ToneSource
+from gb28181talk.sources.registry import SourceRegistry, ToneSource
 from gb28181talk.testing import BusyPortsReactor, FakeDevice
+from gb28181talk.web.metrics import Metrics
 
 _SAMPLE = re.compile(r'[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? -?\d+(\.\d+)?(e-?\d+)?')
 

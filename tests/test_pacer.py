@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
+from gb28181talk.core.pacer import LATENESS_BUCKET_MS, LATENESS_BUCKETS, Pacer, SourceTap, TickStats
 from gb28181talk.interfaces import FRAME_BYTES
 from gb28181talk.media import g711
 from gb28181talk.media.law import Law
-from gb28181talk.pacer import LATENESS_BUCKET_MS, LATENESS_BUCKETS, Pacer, SourceTap, TickStats
 from gb28181talk.testing import ListSource
 
 FRAME_S = 0.020

@@ -15,10 +15,10 @@ from hypothesis.stateful import (
 )
 from twisted.internet.address import IPv4Address
 
+from gb28181talk.core.manager import SessionManager
+from gb28181talk.core.params import SessionKey, SessionParams, SessionState
+from gb28181talk.core.ports import PortPool
 from gb28181talk.errors import PoolExhaustedError, PortInUseError
-from gb28181talk.manager import SessionManager
-from gb28181talk.params import SessionKey, SessionParams, SessionState
-from gb28181talk.ports import PortPool
 from gb28181talk.testing import BusyPortsReactor, FakeDevice, ListSource, RecordingObserver
 
 LOW, HIGH = 31000, 31005

@@ -17,8 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.trial import unittest
 
-from gb28181talk.errors import PoolExhaustedError, PortError, PortInUseError
-from gb28181talk.ports import (
+from gb28181talk.core.ports import (
     DEFAULT_PORT_RANGE,
     HIGHEST_PORT,
     LOWEST_PORT,
@@ -28,6 +27,7 @@ from gb28181talk.ports import (
     ephemeral_overlap,
     parse_port_range,
 )
+from gb28181talk.errors import PoolExhaustedError, PortError, PortInUseError
 from gb28181talk.testing import BusyPortsReactor
 
 LOW, HIGH = 30000, 30004

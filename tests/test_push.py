@@ -37,8 +37,8 @@ from zope.interface.verify import verifyObject
 from gb28181talk.interfaces import FRAME_BYTES, IAudioSource
 from gb28181talk.media import g711
 from gb28181talk.media.law import Law
-from gb28181talk.push import PushProtocol, PushResource, PushSource
-from gb28181talk.sources import SourceRegistry, ToneSource
+from gb28181talk.sources.push import PushProtocol, PushResource, PushSource
+from gb28181talk.sources.registry import SourceRegistry, ToneSource
 from tests.httpapi import call
 from tests.test_sources import goertzel_ratio, read_all, tone_pcm, zero_crossing_frequency
 

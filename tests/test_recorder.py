@@ -7,9 +7,9 @@ from pathlib import Path
 
 from zope.interface.verify import verifyObject
 
+from gb28181talk.core.recorder import WavRecorder, recording_path
 from gb28181talk.interfaces import IAudioSink
 from gb28181talk.media.wav import read_wav
-from gb28181talk.recorder import WavRecorder, recording_path
 from tests.test_sources import goertzel_ratio, tone_pcm
 
 

@@ -8,16 +8,16 @@ import pytest
 from twisted.internet.address import IPv4Address
 from zope.interface.verify import verifyObject
 
+from gb28181talk.core.manager import SessionManager
+from gb28181talk.core.params import Packaging, SessionKey, SessionParams, SessionState, SsrcPolicy
+from gb28181talk.core.ports import PortPool
 from gb28181talk.errors import PoolExhaustedError, PortInUseError, SessionError
 from gb28181talk.interfaces import FRAME_BYTES, IAudioSink, IAudioSource, ISessionObserver
-from gb28181talk.manager import SessionManager
 from gb28181talk.media import g711
 from gb28181talk.media.framing import Framing, frame_rfc4571
 from gb28181talk.media.law import Law
 from gb28181talk.media.ps import PsDemuxer
 from gb28181talk.media.rtp import RtpPacket
-from gb28181talk.params import Packaging, SessionKey, SessionParams, SessionState, SsrcPolicy
-from gb28181talk.ports import PortPool
 from gb28181talk.testing import (
     BusyPortsReactor,
     FakeDevice,

@@ -23,8 +23,8 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.trial import unittest
 
-from gb28181talk.api import codes
-from gb28181talk.params import SessionKey, SessionParams, SessionState
+from gb28181talk.core.params import SessionKey, SessionParams, SessionState
+from gb28181talk.web import codes
 from tests import test_faults as faults
 from tests.httpapi import sleep, until
 

@@ -21,13 +21,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from gb28181talk import sources
 from gb28181talk.errors import SourceError
 from gb28181talk.interfaces import FRAME_BYTES, FRAME_SAMPLES, IAudioSink, IAudioSource
 from gb28181talk.media import g711
 from gb28181talk.media.law import Law
 from gb28181talk.media.wav import read_wav
-from gb28181talk.sources import (
+from gb28181talk.sources import registry as sources
+from gb28181talk.sources.registry import (
     DeviceAudioSource,
     FileSource,
     LiveSource,
@@ -141,8 +141,8 @@ class _Producer:
 
 
 def test_every_source_class_provides_the_interfaces(tmp_path: Path) -> None:
-    from gb28181talk.ingest import RtpIngestSource
-    from gb28181talk.push import PushSource
+    from gb28181talk.sources.ingest import RtpIngestSource
+    from gb28181talk.sources.push import PushSource
 
     wav_path = tmp_path / "a.wav"
     write_wav(wav_path, tone_pcm(440, 0.1), 8000, 1)
@@ -468,8 +468,8 @@ def test_registry_replaces_an_ended_source() -> None:
 
 
 def test_create_every_kind(tmp_path: Path) -> None:
-    from gb28181talk.ingest import RtpIngestSource
-    from gb28181talk.push import PushSource
+    from gb28181talk.sources.ingest import RtpIngestSource
+    from gb28181talk.sources.push import PushSource
 
     wav_path = tmp_path / "a.wav"
     write_wav(wav_path, tone_pcm(440, 0.1), 8000, 1)

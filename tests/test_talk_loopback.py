@@ -9,14 +9,14 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.error import ConnectionRefusedError
 from twisted.trial.unittest import TestCase
 
+from gb28181talk.core.manager import SessionManager
+from gb28181talk.core.params import SessionKey, SessionParams, SessionState, SsrcPolicy
+from gb28181talk.core.ports import PortPool
 from gb28181talk.errors import PoolExhaustedError, PortInUseError
-from gb28181talk.manager import SessionManager
 from gb28181talk.media import g711
 from gb28181talk.media.framing import frame_rfc4571
 from gb28181talk.media.law import Law
 from gb28181talk.media.rtp import RtpPacket
-from gb28181talk.params import SessionKey, SessionParams, SessionState, SsrcPolicy
-from gb28181talk.ports import PortPool
 from gb28181talk.testing import ListSource, RecordingObserver, RecordingSink
 from tests.devices import connect_device, sleep
 from tests.netutil import free_port_range, port_is_free

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 from zope.interface.verify import verifyObject
 
+from gb28181talk.core.manager import SessionManager
+from gb28181talk.core.params import Packaging, SessionState
+from gb28181talk.core.ports import PortPool
 from gb28181talk.errors import SdpError, SourceError
 from gb28181talk.interfaces import ITalkSignalling
-from gb28181talk.manager import SessionManager
-from gb28181talk.params import Packaging, SessionState
-from gb28181talk.ports import PortPool
 from gb28181talk.signalling.sdp import parse_sdp
-from gb28181talk.sources import SourceRegistry, ToneSource
-from gb28181talk.talk_signalling import TalkSignalling
+from gb28181talk.sip.seam import TalkSignalling
+from gb28181talk.sources.registry import SourceRegistry, ToneSource
 from gb28181talk.testing import BusyPortsReactor, FakeDevice
 
 BROADCAST_OFFER = (

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from gb28181talk.writer import PacketWriter
+from gb28181talk.core.writer import PacketWriter
 
 PEER_RCVBUF = 4096
 PAYLOAD = 160

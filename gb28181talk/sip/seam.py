@@ -13,10 +13,10 @@ from typing import Any
 
 from zope.interface import implementer
 
+from gb28181talk.core.params import Packaging, SessionKey, SessionParams, SsrcPolicy
 from gb28181talk.errors import SdpError
 from gb28181talk.interfaces import ITalkSignalling
 from gb28181talk.media.law import Law
-from gb28181talk.params import Packaging, SessionKey, SessionParams, SsrcPolicy
 from gb28181talk.signalling.sdp import answer_for_offer, build_sdp, parse_sdp
 
 DEFAULT_VHOST = "__defaultVhost__"

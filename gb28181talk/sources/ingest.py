@@ -27,7 +27,7 @@ from gb28181talk.media import g711
 from gb28181talk.media.law import Law
 from gb28181talk.media.ps import PsDemuxer
 from gb28181talk.media.rtp import parse_rtp, seq_diff
-from gb28181talk.sources import LiveSource
+from gb28181talk.sources.registry import LiveSource
 
 log = Logger()
 

@@ -29,8 +29,8 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
-from gb28181talk.api import codes
 from gb28181talk.interfaces import ISessionObserver
+from gb28181talk.web import codes
 
 log = Logger()
 

@@ -23,15 +23,8 @@ from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gb28181talk.errors import FramingError, MediaError
-from gb28181talk.interfaces import FRAME_MS, FRAME_SAMPLES, IAudioSink, IAudioSource
-from gb28181talk.media import g711
-from gb28181talk.media.framing import FrameDecoder, Framing
-from gb28181talk.media.law import Law
-from gb28181talk.media.ps import PsDemuxer, PsMuxer
-from gb28181talk.media.rtp import parse_rtp
-from gb28181talk.pacer import Pacer, SourceTap
-from gb28181talk.params import (
+from gb28181talk.core.pacer import Pacer, SourceTap
+from gb28181talk.core.params import (
     EndReason,
     Packaging,
     SessionParams,
@@ -39,8 +32,15 @@ from gb28181talk.params import (
     SessionStats,
     SsrcPolicy,
 )
-from gb28181talk.ports import Lease, PortPool
-from gb28181talk.writer import PacketWriter
+from gb28181talk.core.ports import Lease, PortPool
+from gb28181talk.core.writer import PacketWriter
+from gb28181talk.errors import FramingError, MediaError
+from gb28181talk.interfaces import FRAME_MS, FRAME_SAMPLES, IAudioSink, IAudioSource
+from gb28181talk.media import g711
+from gb28181talk.media.framing import FrameDecoder, Framing
+from gb28181talk.media.law import Law
+from gb28181talk.media.ps import PsDemuxer, PsMuxer
+from gb28181talk.media.rtp import parse_rtp
 
 log = Logger()
 

@@ -15,8 +15,11 @@ from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from gb28181talk.api import codes
-from gb28181talk.api.common import (
+from gb28181talk.core.session import TalkSession
+from gb28181talk.core.talk import TalkControl
+from gb28181talk.interfaces import SAMPLE_RATE
+from gb28181talk.web import codes
+from gb28181talk.web.common import (
     ApiError,
     Authenticator,
     JsonResource,
@@ -25,10 +28,7 @@ from gb28181talk.api.common import (
     zlm_args,
     zlm_value,
 )
-from gb28181talk.api.control import TalkControl
-from gb28181talk.api.start import parse_zlm_start, source_name, ssrc, text
-from gb28181talk.interfaces import SAMPLE_RATE
-from gb28181talk.session import TalkSession
+from gb28181talk.web.start import parse_zlm_start, source_name, ssrc, text
 
 ENDPOINTS = ("startSendRtpPassive", "stopSendRtp", "listRtpSender", "getMediaList")
 

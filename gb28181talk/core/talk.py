@@ -18,16 +18,16 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gb28181talk.api import codes
-from gb28181talk.api.common import ApiError
-from gb28181talk.api.start import StartRequest
+from gb28181talk.core.manager import SessionManager
+from gb28181talk.core.params import SessionState
+from gb28181talk.core.recorder import WavRecorder, recording_path
+from gb28181talk.core.session import TalkSession
 from gb28181talk.errors import PoolExhaustedError, PortInUseError, SessionError, SourceError
 from gb28181talk.interfaces import IAudioSink, ISessionObserver
-from gb28181talk.manager import SessionManager
-from gb28181talk.params import SessionState
-from gb28181talk.recorder import WavRecorder, recording_path
-from gb28181talk.session import TalkSession
-from gb28181talk.sources import DeviceAudioSource, SourceRegistry
+from gb28181talk.sources.registry import DeviceAudioSource, SourceRegistry
+from gb28181talk.web import codes
+from gb28181talk.web.common import ApiError
+from gb28181talk.web.start import StartRequest
 
 log = Logger()
 

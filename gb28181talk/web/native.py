@@ -17,8 +17,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from gb28181talk import __version__
-from gb28181talk.api import codes
-from gb28181talk.api.common import (
+from gb28181talk.core.params import SessionState
+from gb28181talk.core.talk import TalkControl
+from gb28181talk.errors import SourceError
+from gb28181talk.web import codes
+from gb28181talk.web.common import (
     ApiError,
     Authenticator,
     JsonResource,
@@ -26,10 +29,7 @@ from gb28181talk.api.common import (
     RequestArgs,
     error_body,
 )
-from gb28181talk.api.control import TalkControl
-from gb28181talk.api.start import parse_native_start
-from gb28181talk.errors import SourceError
-from gb28181talk.params import SessionState
+from gb28181talk.web.start import parse_native_start
 
 
 def _body(args: RequestArgs) -> dict[str, Any]:

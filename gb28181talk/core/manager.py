@@ -9,13 +9,13 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults
 from zope.interface import implementer
 
+from gb28181talk.core.observers import ObserverSet
+from gb28181talk.core.pacer import Pacer
+from gb28181talk.core.params import EndReason, SessionKey, SessionParams, SessionState
+from gb28181talk.core.ports import PortPool
+from gb28181talk.core.session import TalkSession
 from gb28181talk.errors import SessionError
 from gb28181talk.interfaces import IAudioSink, IAudioSource, ISessionObserver
-from gb28181talk.observers import ObserverSet
-from gb28181talk.pacer import Pacer
-from gb28181talk.params import EndReason, SessionKey, SessionParams, SessionState
-from gb28181talk.ports import PortPool
-from gb28181talk.session import TalkSession
 
 
 @implementer(ISessionObserver)

@@ -42,7 +42,7 @@ from zope.interface import implementer
 from gb28181talk.errors import MediaError, SourceError
 from gb28181talk.media import g711
 from gb28181talk.media.law import Law
-from gb28181talk.sources import LiveSource, SourceRegistry
+from gb28181talk.sources.registry import LiveSource, SourceRegistry
 
 log = Logger()
 

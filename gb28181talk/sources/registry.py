@@ -821,7 +821,7 @@ class SourceRegistry:
 
     def _build_push(self, app: str, stream: str, spec: Mapping[str, Any], reactor: Any) -> Any:
         from gb28181talk.media.resample import SUPPORTED_RATES
-        from gb28181talk.push import FORMATS, PushSource
+        from gb28181talk.sources.push import FORMATS, PushSource
 
         sample_rate = _integer(spec, "sample_rate", 8000, tuple(SUPPORTED_RATES), "push")
         channels = _integer(spec, "channels", 1, (1, 2), "push")
@@ -836,7 +836,7 @@ class SourceRegistry:
         return PushSource(app, stream, sample_rate, channels, fmt, backlog, prefill)
 
     def _build_rtp(self, app: str, stream: str, spec: Mapping[str, Any], reactor: Any) -> Any:
-        from gb28181talk.ingest import RtpIngestSource
+        from gb28181talk.sources.ingest import RtpIngestSource
 
         port = _integer(spec, "port", 0, range(0, 65536), "rtp")
         interface = _string(spec, "interface", "127.0.0.1", "rtp")

@@ -14,8 +14,8 @@ from typing import Any
 
 from zope.interface import implementer
 
+from gb28181talk.core.params import EndReason, SessionState
 from gb28181talk.interfaces import ISessionObserver
-from gb28181talk.params import EndReason, SessionState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The Prometheus text exposition format's content type."""

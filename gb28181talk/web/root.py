@@ -13,19 +13,19 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from gb28181talk import __version__
-from gb28181talk.api import codes
-from gb28181talk.api.common import (
+from gb28181talk.core.talk import TalkControl
+from gb28181talk.sources.push import PushResource
+from gb28181talk.web import codes
+from gb28181talk.web.common import (
     Authenticator,
     JsonResource,
     NotFoundResource,
     RequestArgs,
     TextReply,
 )
-from gb28181talk.api.control import TalkControl
-from gb28181talk.api.native import NativeApi
-from gb28181talk.api.zlm import ZlmApi
-from gb28181talk.metrics import CONTENT_TYPE, Metrics
-from gb28181talk.push import PushResource
+from gb28181talk.web.metrics import CONTENT_TYPE, Metrics
+from gb28181talk.web.native import NativeApi
+from gb28181talk.web.zlm import ZlmApi
 
 log = Logger()
 

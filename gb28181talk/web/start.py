@@ -17,12 +17,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gb28181talk.api import codes
-from gb28181talk.api.common import ApiError
+from gb28181talk.core.params import MAX_SSRC, Packaging, SessionKey, SessionParams, SsrcPolicy
 from gb28181talk.errors import SessionError
 from gb28181talk.media.framing import Framing
 from gb28181talk.media.law import Law
-from gb28181talk.params import MAX_SSRC, Packaging, SessionKey, SessionParams, SsrcPolicy
+from gb28181talk.web import codes
+from gb28181talk.web.common import ApiError
 
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
 """What an app, stream or recv_stream_id may be: the source registry's names."""

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from gb28181talk.api import codes
+from gb28181talk.web import codes
 
 log = Logger()
 

@@ -1,0 +1,1 @@
+"""The device side of a talk call: the media core a simulated camera or loudspeaker runs."""
