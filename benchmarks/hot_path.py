@@ -43,7 +43,7 @@ from gb28181talk.core.params import Packaging, SessionKey, SessionParams, Sessio
 from gb28181talk.core.ports import PortPool
 from gb28181talk.core.session import TalkSession
 from gb28181talk.media import g711
-from gb28181talk.sources.registry import ToneSource
+from gb28181talk.sources.tone import ToneSource
 
 _FRAMED = struct.Struct("!HBBHII")
 STREAMING = SessionState.STREAMING

@@ -25,7 +25,7 @@ from twisted.internet.threads import deferToThread
 from gb28181talk.core.manager import SessionManager
 from gb28181talk.core.params import SessionKey, SessionParams
 from gb28181talk.core.ports import PortPool
-from gb28181talk.sources.registry import ToneSource
+from gb28181talk.sources.tone import ToneSource
 
 HERE = Path(__file__).resolve().parent
 

@@ -53,6 +53,61 @@ class IAudioSource(Interface):
         """Release what the source holds (files, sockets); it ends for every listener."""
 
 
+class ILiveSource(IAudioSource):
+    """A source fed in real time (push, RTP ingest, a device's voice) through a bounded backlog.
+
+    Producers call :meth:`feed_pcm` as audio arrives; the pacer's
+    :meth:`read_frame` waits for ``prefill_ms`` before handing out frames.
+    A flow-controlled producer (a pusher's socket) is paused instead of its
+    audio being dropped.  The pacer calls :meth:`trim_backlog` when a source
+    gets its first listener, so a live feed starts from the present.
+    """
+
+    max_backlog_ms = Attribute("Backlog bound: drop (or pause the producer) above it (int).")
+    prefill_ms = Attribute("Audio buffered before the first frame and after an underrun (int).")
+    backlog_ms = Attribute("Audio waiting to be read now, in milliseconds (int).")
+    paused = Attribute("True while the attached producer is paused by flow control (bool).")
+
+    def feed_pcm(pcm16: bytes) -> None:
+        """Append 8 kHz mono PCM16 (any length; an odd byte waits for the next call)."""
+
+    def finish() -> None:
+        """No more audio will come: play out the backlog, then end."""
+
+    def attach_producer(producer: Any) -> None:
+        """Flow-control ``producer`` (IPushProducer): pause above the bound, resume under half."""
+
+    def detach_producer() -> None:
+        """Forget the producer (its connection is gone); audio above the bound is dropped again."""
+
+    def trim_backlog(keep_ms: int | None = None) -> int:
+        """Drop all but the newest ``keep_ms`` (default: prefill) of a backlog not flow-controlled.
+
+        Returns the milliseconds dropped; a flow-controlled backlog is kept whole (0).
+        """
+
+
+class IPushSource(ILiveSource):
+    """A live source fed by one pusher at a time (a WebSocket client) with encoded bytes.
+
+    A pusher is any object with a ``peer`` (str, shown in listings) and
+    ``source_closed(reason)``, which the source calls when it is deleted so
+    the pusher can hang up saying why.
+    """
+
+    format = Attribute("What the pushed bytes hold: 'pcm16', 'alaw' or 'ulaw' (str).")
+    pusher = Attribute("The pusher that holds the source, or None.")
+
+    def push_bytes(data: bytes) -> None:
+        """Decode and resample one message of pushed audio into the backlog."""
+
+    def claim(pusher: Any) -> bool:
+        """Make ``pusher`` the one pusher; False if another holds it or the source ended."""
+
+    def release(pusher: Any) -> bool:
+        """``pusher`` left: stop flow-controlling it, play its last audio; False if not ours."""
+
+
 class IAudioSink(Interface):
     """Receives the audio a device sends back in two-way talk, decoded to 8 kHz PCM16."""
 

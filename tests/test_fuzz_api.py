@@ -30,7 +30,8 @@ from gb28181talk.core.manager import SessionManager
 from gb28181talk.core.params import SessionState
 from gb28181talk.core.ports import PortPool
 from gb28181talk.core.talk import TalkControl
-from gb28181talk.sources.registry import SourceRegistry, ToneSource
+from gb28181talk.sources.registry import SourceRegistry
+from gb28181talk.sources.tone import ToneSource
 from gb28181talk.testing import BusyPortsReactor
 from gb28181talk.web import codes
 from gb28181talk.web.common import Authenticator

@@ -28,7 +28,8 @@ from gb28181talk.media.rtp import RtpPacket
 from gb28181talk.sip.seam import TalkSignalling
 from gb28181talk.sources.ingest import RtpIngestSource
 from gb28181talk.sources.push import FORMATS, PushSource
-from gb28181talk.sources.registry import SourceRegistry, ToneSource
+from gb28181talk.sources.registry import SourceRegistry
+from gb28181talk.sources.tone import ToneSource
 from gb28181talk.testing import BusyPortsReactor
 from tests.test_fuzz_session import budget
 from tests.test_sources import UdpMemoryReactor

@@ -15,7 +15,7 @@ from gb28181talk.core.manager import SessionManager
 from gb28181talk.core.params import SessionKey, SessionParams
 from gb28181talk.core.ports import PortPool
 from gb28181talk.media.wav import read_wav
-from gb28181talk.sources.registry import ToneSource
+from gb28181talk.sources.tone import ToneSource
 from tests.audiocheck import dominant_frequency, tone_power
 from tests.conftest import require_program
 from tests.netutil import free_port_range

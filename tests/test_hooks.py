@@ -15,7 +15,8 @@ from gb28181talk.core.params import SessionKey, SessionParams
 from gb28181talk.core.ports import PortPool
 from gb28181talk.core.talk import TalkControl
 from gb28181talk.interfaces import ISessionObserver
-from gb28181talk.sources.registry import SourceRegistry, ToneSource
+from gb28181talk.sources.registry import SourceRegistry
+from gb28181talk.sources.tone import ToneSource
 from gb28181talk.testing import BusyPortsReactor, FakeDevice
 from gb28181talk.web.hooks import HookDeliverer, hook_body
 from gb28181talk.web.metrics import Metrics

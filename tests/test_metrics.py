@@ -9,7 +9,8 @@ from gb28181talk.core.params import SessionKey, SessionParams, SsrcPolicy
 from gb28181talk.core.ports import PortPool
 from gb28181talk.media.framing import frame_rfc4571
 from gb28181talk.media.rtp import RtpPacket
-from gb28181talk.sources.registry import SourceRegistry, ToneSource
+from gb28181talk.sources.registry import SourceRegistry
+from gb28181talk.sources.tone import ToneSource
 from gb28181talk.testing import BusyPortsReactor, FakeDevice
 from gb28181talk.web.metrics import Metrics
 

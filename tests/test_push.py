@@ -37,8 +37,10 @@ from zope.interface.verify import verifyObject
 from gb28181talk.interfaces import FRAME_BYTES, IAudioSource
 from gb28181talk.media import g711
 from gb28181talk.media.law import Law
-from gb28181talk.sources.push import PushProtocol, PushResource, PushSource
-from gb28181talk.sources.registry import SourceRegistry, ToneSource
+from gb28181talk.sources.push import PushSource
+from gb28181talk.sources.registry import SourceRegistry
+from gb28181talk.sources.tone import ToneSource
+from gb28181talk.web.push import PushProtocol, PushResource
 from tests.httpapi import call
 from tests.test_sources import goertzel_ratio, read_all, tone_pcm, zero_crossing_frequency
 

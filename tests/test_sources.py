@@ -26,15 +26,12 @@ from gb28181talk.interfaces import FRAME_BYTES, FRAME_SAMPLES, IAudioSink, IAudi
 from gb28181talk.media import g711
 from gb28181talk.media.law import Law
 from gb28181talk.media.wav import read_wav
-from gb28181talk.sources import registry as sources
-from gb28181talk.sources.registry import (
-    DeviceAudioSource,
-    FileSource,
-    LiveSource,
-    SourceRegistry,
-    ToneSource,
-    load_audio_file,
-)
+from gb28181talk.sources import file as file_source
+from gb28181talk.sources.device import DeviceAudioSource
+from gb28181talk.sources.file import FileSource, load_audio_file
+from gb28181talk.sources.live import LiveSource
+from gb28181talk.sources.registry import SourceRegistry
+from gb28181talk.sources.tone import ToneSource
 
 # --------------------------------------------------------------------------- helpers
 
@@ -238,7 +235,7 @@ def test_file_source_resamples_a_16k_stereo_wav(tmp_path: Path) -> None:
 def test_file_decoding_in_pieces_equals_decoding_whole(
     tmp_path: Path, monkeypatch: Any, rate: int, channels: int, tag: int
 ) -> None:
-    monkeypatch.setattr(sources, "DECODE_CHUNK_FRAMES", 37)  # many odd-sized pieces
+    monkeypatch.setattr(file_source, "DECODE_CHUNK_FRAMES", 37)  # many odd-sized pieces
     width = 2 if tag == 1 else 1
     frames = 1000 + 3
     data = bytes((i * 37 + (i >> 7)) & 0xFF for i in range(frames * channels * width))

@@ -12,7 +12,8 @@ from gb28181talk.errors import SdpError, SourceError
 from gb28181talk.interfaces import ITalkSignalling
 from gb28181talk.signalling.sdp import parse_sdp
 from gb28181talk.sip.seam import TalkSignalling
-from gb28181talk.sources.registry import SourceRegistry, ToneSource
+from gb28181talk.sources.registry import SourceRegistry
+from gb28181talk.sources.tone import ToneSource
 from gb28181talk.testing import BusyPortsReactor, FakeDevice
 
 BROADCAST_OFFER = (

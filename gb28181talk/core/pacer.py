@@ -16,7 +16,7 @@ from typing import Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from gb28181talk.interfaces import FRAME_MS, IAudioSource
+from gb28181talk.interfaces import FRAME_MS, IAudioSource, ILiveSource
 from gb28181talk.media import g711
 from gb28181talk.media.law import Law
 
@@ -150,9 +150,8 @@ class Pacer:
         if tap is None:
             tap = self._taps[source] = SourceTap(source)
             # A live source nobody read has a backlog of stale audio; start from now.
-            trim_backlog = getattr(source, "trim_backlog", None)
-            if trim_backlog is not None:
-                trim_backlog()
+            if ILiveSource.providedBy(source):
+                source.trim_backlog()
         tap.listeners[listener] = None
         if self._call is None and not self._in_tick:
             self._epoch = self._clock.seconds()

@@ -24,7 +24,8 @@ from gb28181talk.core.recorder import WavRecorder, recording_path
 from gb28181talk.core.session import TalkSession
 from gb28181talk.errors import PoolExhaustedError, PortInUseError, SessionError, SourceError
 from gb28181talk.interfaces import IAudioSink, ISessionObserver
-from gb28181talk.sources.registry import DeviceAudioSource, SourceRegistry
+from gb28181talk.sources.device import DeviceAudioSource
+from gb28181talk.sources.registry import SourceRegistry
 from gb28181talk.web import codes
 from gb28181talk.web.common import ApiError
 from gb28181talk.web.start import StartRequest

@@ -15,6 +15,7 @@ tracking starts over.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -27,7 +28,8 @@ from gb28181talk.media import g711
 from gb28181talk.media.law import Law
 from gb28181talk.media.ps import PsDemuxer
 from gb28181talk.media.rtp import parse_rtp, seq_diff
-from gb28181talk.sources.registry import LiveSource
+from gb28181talk.sources.base import integer_field, string_field
+from gb28181talk.sources.live import LIVE_SPEC_FIELDS, LiveSource, live_options
 
 log = Logger()
 
@@ -47,6 +49,9 @@ MAX_GAP_FILL_SAMPLES = 1600
 """Most silence (200 ms at 8 kHz) put in place of lost packets."""
 
 _RECENT = 64  # sequence numbers remembered to tell a duplicate from a late packet
+
+SPEC_FIELDS = ("port", "interface", *LIVE_SPEC_FIELDS)
+"""The API body's fields of an ``rtp`` source, beside app, stream and kind."""
 
 
 class _RtpIngestProtocol(DatagramProtocol):
@@ -277,3 +282,13 @@ class RtpIngestSource(LiveSource):
                 "rtp source {app}/{stream} stopped listening", app=self.app, stream=self.stream
             )
         super().close()
+
+
+def rtp_from_spec(app: str, stream: str, spec: Mapping[str, Any], reactor: Any) -> RtpIngestSource:
+    """An RtpIngestSource listening as the API body's rtp fields say (``reactor``: IReactorUDP)."""
+    port = integer_field(spec, "port", 0, range(0, 65536), "rtp")
+    interface = string_field(spec, "interface", "127.0.0.1", "rtp")
+    backlog, prefill = live_options(spec, "rtp")
+    if reactor is None:
+        raise SourceError("an rtp source needs a reactor to listen with; none was given")
+    return RtpIngestSource(app, stream, reactor, port, interface, backlog, prefill)

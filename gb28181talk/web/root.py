@@ -14,7 +14,6 @@ from twisted.web.server import Request, Site
 
 from gb28181talk import __version__
 from gb28181talk.core.talk import TalkControl
-from gb28181talk.sources.push import PushResource
 from gb28181talk.web import codes
 from gb28181talk.web.common import (
     Authenticator,
@@ -25,6 +24,7 @@ from gb28181talk.web.common import (
 )
 from gb28181talk.web.metrics import CONTENT_TYPE, Metrics
 from gb28181talk.web.native import NativeApi
+from gb28181talk.web.push import PushResource
 from gb28181talk.web.zlm import ZlmApi
 
 log = Logger()
