@@ -9,9 +9,23 @@ from typing import Any
 from gb28181talk.errors import SessionError
 from gb28181talk.media.framing import Framing
 from gb28181talk.media.law import Law
+from gb28181talk.media.payload import PS, Packaging, Payload, payload_for
+
+__all__ = [
+    "DEFAULT_WAIT_TIMEOUT",
+    "MAX_SSRC",
+    "PS_PAYLOAD_TYPE",
+    "EndReason",
+    "Packaging",
+    "SessionKey",
+    "SessionParams",
+    "SessionState",
+    "SessionStats",
+    "SsrcPolicy",
+]
 
 DEFAULT_WAIT_TIMEOUT = 5.0
-PS_PAYLOAD_TYPE = 96
+PS_PAYLOAD_TYPE = PS.payload_type
 MAX_SSRC = 2**32 - 1
 
 
@@ -49,13 +63,6 @@ class SsrcPolicy(enum.StrEnum):
     STRICT = "strict"
     LEARN = "learn"
     OFF = "off"
-
-
-class Packaging(enum.StrEnum):
-    """How G.711 goes into RTP: raw (PCMA/PCMU payload) or wrapped in MPEG-PS."""
-
-    RAW = "raw"
-    PS = "ps"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,11 +129,16 @@ class SessionParams:
             yield f"stall timeout {self.stall_timeout} s must be above 0"
 
     @property
+    def payload(self) -> Payload:
+        """What the downlink carries, from the payload table: PCMA, PCMU or PS."""
+        return payload_for(self.packaging, self.law)
+
+    @property
     def rtp_payload_type(self) -> int:
         """The payload type written to the device: as asked, else 96 for PS, 8/0 for raw."""
         if self.payload_type is not None:
             return self.payload_type
-        return PS_PAYLOAD_TYPE if self.packaging is Packaging.PS else self.law.payload_type
+        return payload_for(self.packaging, self.law).payload_type
 
 
 @dataclass(frozen=True, slots=True)
