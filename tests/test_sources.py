@@ -22,7 +22,14 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from gb28181talk.errors import SourceError
-from gb28181talk.interfaces import FRAME_BYTES, FRAME_SAMPLES, IAudioSink, IAudioSource
+from gb28181talk.interfaces import (
+    FRAME_BYTES,
+    FRAME_SAMPLES,
+    IAudioSink,
+    IAudioSource,
+    ILiveSource,
+    IPushSource,
+)
 from gb28181talk.media import g711
 from gb28181talk.media.law import Law
 from gb28181talk.media.wav import read_wav
@@ -161,6 +168,31 @@ def test_every_source_class_provides_the_interfaces(tmp_path: Path) -> None:
         assert source.ended
         assert source.read_frame() is None
     assert verifyObject(IAudioSink, sources[3])
+
+
+def test_the_live_sources_and_only_they_declare_the_live_contract() -> None:
+    from gb28181talk.sources.ingest import RtpIngestSource
+    from gb28181talk.sources.push import PushSource
+    from gb28181talk.testing import ListSource
+
+    played = [ToneSource("live", "tone"), ListSource.counting(3)]
+    live = [
+        LiveSource("live", "live", "push"),
+        DeviceAudioSource("talk", "dev"),
+        PushSource("live", "push"),
+        RtpIngestSource("live", "rtp", UdpMemoryReactor()),
+    ]
+    for source in played:
+        assert verifyObject(IAudioSource, source)
+        assert not ILiveSource.providedBy(source)
+    assert not ILiveSource.implementedBy(FileSource)
+    for source in live:
+        assert verifyObject(ILiveSource, source)
+    assert [IPushSource.providedBy(source) for source in live] == [False, False, True, False]
+    assert verifyObject(IPushSource, live[2])
+    assert [IAudioSink.providedBy(source) for source in played + live] == [
+        False, False, False, True, False, False
+    ]
 
 
 # --------------------------------------------------------------------------- tone
