@@ -2,10 +2,26 @@
 
 ``twistd -n gbtalk`` runs :class:`GbTalkService` with the settings of
 :class:`Options` (embedded defaults, ``--config`` TOML, then the command
-line).  A bad option prints one line on stderr and exits with status 2.
-Stopping the service (SIGTERM, ``twistd`` stop) ends every talk session
-with reason ``shutdown``, waits briefly for their webhooks, then closes the
-sources and the API; after SIGTERM the process exits with status 0.
+line).  A bad option prints one line on stderr and exits with status 2; a
+listener that cannot start (the API port in use) is one log line and exit
+status 1.
+
+:class:`GbTalkService` is one ``MultiService`` whose children start in the
+order they were added and stop one at a time in the reverse order:
+
+1. ``sources``: at stop, closes every source (RTP ingest ports, push sockets);
+2. ``webhooks`` (with ``--hook-url``): at stop, waits up to
+   :data:`HOOK_DRAIN_SECONDS` for the last webhooks;
+3. ``talk sessions``: at stop, ends every talk session with reason
+   ``shutdown`` and waits for its talk port to close;
+4. ``HTTP API <endpoint>``: listens on the ``--api`` endpoint (``tcp:``,
+   ``ssl:``, ...); stops first, so no request arrives while sessions end.
+
+So a stop (SIGTERM, ``twistd`` stop) stops accepting API requests, ends the
+sessions with ``shutdown``, drains the webhooks and closes the sources; after
+SIGTERM the process exits with status 0.  A new listener (SIP over UDP or
+TCP) is one more :class:`ListeningService` added after the talk sessions, see
+:meth:`GbTalkService.add_listener`.
 """
 
 from __future__ import annotations
@@ -15,11 +31,14 @@ import resource
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
-from twisted.application.service import IService, MultiService
-from twisted.internet.defer import Deferred
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -49,6 +68,9 @@ log = Logger()
 
 USAGE_ERROR_STATUS = 2
 """Exit status for bad options (as argparse and most Unix tools use)."""
+
+START_FAILURE_STATUS = 1
+"""Exit status when a listener cannot start (a port in use): twistd's own for a failed start."""
 
 HOOK_DRAIN_SECONDS = 3.0
 """How long shutdown waits for the last webhooks (the ``shutdown`` endings)."""
@@ -167,8 +189,105 @@ def outward_address() -> str:
         probe.close()
 
 
+class CannotStart(Exception):
+    """A child service could not start (e.g. its port is in use); the message is one line."""
+
+
+class ListeningService(Service):
+    """Listens while running: one endpoint of the HTTP API (later SIP over UDP or TCP).
+
+    As Twisted's ``StreamServerEndpointService``, but ``listen`` is any call
+    returning a Deferred port (a stream endpoint's ``listen``, or a UDP
+    listen wrapped in ``maybeDeferred``), a refusal raises :class:`CannotStart`
+    with one line saying what failed instead of a traceback, and the port is
+    kept in ``port`` for ``getHost()``.
+    """
+
+    def __init__(
+        self, what: str, description: str, listen: Callable[[], Deferred[IListeningPort]]
+    ) -> None:
+        self.what = what
+        self.description = description
+        self.listen = listen
+        self.port: IListeningPort | None = None
+        self._listening: Deferred[Any] | None = None
+        self._refusal: str | None = None
+        self._starting = False
+        self.setName(f"{what} {description}")
+
+    def privilegedStartService(self) -> None:
+        """Listen before twistd sheds privileges (ports below 1024)."""
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        """Listen now unless privilegedStartService already did (a service started in-process)."""
+        super().startService()
+        if self._listening is None:
+            self._listen()
+
+    def _listen(self) -> None:
+        self._starting = True
+        try:
+            self._listening = self.listen()
+            self._listening.addCallbacks(self._listened, self._refused)
+        finally:
+            self._starting = False
+        if self._refusal is not None:
+            raise CannotStart(self._refusal)
+        if self.port is None:
+            log.warn("the {what} on {description} is not listening yet",
+                     what=self.what, description=self.description)
+
+    def _listened(self, port: IListeningPort) -> None:
+        self.port = port
+        address = port.getHost()
+        log.info("{what} listening on {address} ({description})", what=self.what,
+                 address=f"{getattr(address, 'host', address)}:{getattr(address, 'port', '')}",
+                 description=self.description)
+
+    def _refused(self, failure: Failure) -> None:
+        if failure.check(CancelledError):
+            return
+        self._refusal = (f"cannot start the {self.what} on {self.description}: "
+                         f"{failure.getErrorMessage()}")
+        if not self._starting:  # refused later, after start-up: nobody else says it
+            log.critical("{message}", message=self._refusal)
+
+    def stopService(self) -> Deferred[None]:
+        """Stop listening (connections already accepted stay until they end)."""
+        super().stopService()
+        listening, self._listening = self._listening, None
+        port, self.port = self.port, None
+        if listening is not None and port is None:
+            listening.cancel()  # a listen still under way
+        if port is None:
+            return succeed(None)
+        return maybeDeferred(port.stopListening).addCallback(lambda _: None)
+
+
+class ShutdownStep(Service):
+    """A child service whose stop is one step of the shutdown (its name says which)."""
+
+    def __init__(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
+        self.step = step
+        self.setName(name)
+
+    def stopService(self) -> Deferred[None]:
+        """Run the step; the next child stops once it is done."""
+        super().stopService()
+        return Deferred.fromCoroutine(self._run())
+
+    async def _run(self) -> None:
+        await self.step()
+
+
 class GbTalkService(MultiService):
-    """The running service: pool, pacer, sessions, sources, hooks, metrics and the HTTP API."""
+    """The running service: pool, pacer, sessions, sources, hooks, metrics and the HTTP API.
+
+    Children start in the order added and stop one at a time, last added first
+    (see the module's docstring for the tree and why that order).
+    """
 
     def __init__(
         self,
@@ -177,6 +296,7 @@ class GbTalkService(MultiService):
         *,
         own_sigterm: bool = False,
         freeze_heap: bool = False,
+        exit_on_start_failure: bool = False,
     ) -> None:
         super().__init__()
         self.config = config
@@ -204,38 +324,66 @@ class GbTalkService(MultiService):
         self.site = build_site(
             build_root(auth, self.control, self.metrics, reactor, config.wait_timeout)
         )
-        self.endpoint = serverFromString(reactor, config.api)
-        self.api_port: Any = None
+        self.exit_on_start_failure = exit_on_start_failure
+        ShutdownStep("sources", self._close_sources).setServiceParent(self)
+        if self.hooks is not None:
+            ShutdownStep("webhooks", self._drain_hooks).setServiceParent(self)
+        ShutdownStep("talk sessions", self._end_sessions).setServiceParent(self)
+        self.api_services = [
+            self.add_listener("HTTP API", api, partial(serverFromString(reactor, api).listen,
+                                                       self.site))
+            for api in [config.api]
+        ]
+
+    def add_listener(
+        self, what: str, description: str, listen: Callable[[], Deferred[IListeningPort]]
+    ) -> ListeningService:
+        """Add a listener as the next child (it stops before every child added earlier).
+
+        A SIP UDP listener, say, is ``self.add_listener("SIP UDP", "udp:5060",
+        lambda: maybeDeferred(reactor.listenUDP, 5060, sip, interface=...))``.
+        """
+        child = ListeningService(what, description, listen)
+        child.setServiceParent(self)
+        return child
+
+    @property
+    def api_port(self) -> IListeningPort | None:
+        """The (first) HTTP API listening port, None until it listens."""
+        return self.api_services[0].port
+
+    def privilegedStartService(self) -> None:
+        """Listen on every endpoint (before twistd sheds privileges)."""
+        self._failing_start_exits(super().privilegedStartService)
 
     def startService(self) -> None:
-        super().startService()
+        """Start the children in order, then log the settings the service runs with."""
         self._report_limits()
+        self._failing_start_exits(super().startService)
         if self.own_sigterm:
             self.reactor.callWhenRunning(self._take_sigterm)
         if self.freeze_heap:
             self.reactor.callWhenRunning(self._freeze_heap)
-        outcome: list[Any] = []
-        self.endpoint.listen(self.site).addBoth(outcome.append)
-        if not outcome:
-            log.warn("the HTTP API on {api} is not listening yet", api=self.config.api)
-            return
-        if isinstance(outcome[0], Failure):
-            message = (f"cannot start the HTTP API on {self.config.api}: "
-                       f"{outcome[0].getErrorMessage()}")
-            log.critical("{message}", message=message)  # twistd -n logs stderr there too
-            raise SystemExit(1)
-        self.api_port = outcome[0]
-        address = self.api_port.getHost()
         log.info(
-            "gb28181talk API listening on {address} ({api}); talk ports {low}-{high} on "
-            "{interface}, advertised as {advertise}; device wait {wait:g} s{secret}{hooks}",
-            address=f"{getattr(address, 'host', address)}:{getattr(address, 'port', '')}",
-            api=self.config.api, low=self.pool.low, high=self.pool.high,
+            "gb28181talk started: API on {api}; talk ports {low}-{high} on {interface}, "
+            "advertised as {advertise}; device wait {wait:g} s{secret}{hooks}",
+            api=", ".join(child.description for child in self.api_services),
+            low=self.pool.low, high=self.pool.high,
             interface=self.pool.interface or "all interfaces", advertise=self.advertise_ip,
             wait=self.config.wait_timeout,
             secret=", secret required" if self.config.secret else "",
             hooks=f", webhooks to {self.hooks.url}" if self.hooks else "",
         )
+
+    def _failing_start_exits(self, start: Callable[[], None]) -> None:
+        """Run ``start``; under twistd a CannotStart is one log line and exit status 1."""
+        try:
+            start()
+        except CannotStart as refused:
+            if not self.exit_on_start_failure:
+                raise
+            log.critical("{message}", message=str(refused))  # twistd -n logs to stderr too
+            raise SystemExit(START_FAILURE_STATUS) from None
 
     def _freeze_heap(self) -> None:
         """Move start-up's objects (Twisted, zope, our modules) out of the collector's sight.
@@ -286,20 +434,30 @@ class GbTalkService(MultiService):
             )
 
     def stopService(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._stop())
+        """Stop the children one at a time, last added first (MultiService stops them at once)."""
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_children())
 
-    async def _stop(self) -> None:
+    async def _stop_children(self) -> None:
+        for child in reversed(list(self)):
+            if child.running:
+                await maybeDeferred(child.stopService)
+        log.info("gb28181talk stopped")
+
+    async def _end_sessions(self) -> None:
+        """End every talk session with reason ``shutdown``; their talk ports close."""
         live = len(self.manager.sessions())
         log.info("shutting down: ending {count} talk session(s) with reason shutdown", count=live)
         await self.manager.shutdown()
+
+    async def _drain_hooks(self) -> None:
+        """Wait briefly for the webhooks in flight (the ``shutdown`` endings among them)."""
         if self.hooks is not None and self.hooks.pending:
             await self.hooks.drain(HOOK_DRAIN_SECONDS)
+
+    async def _close_sources(self) -> None:
+        """Close every source: RTP ingest ports, push sockets, file readers."""
         self.registry.close_all()
-        if self.api_port is not None:
-            port, self.api_port = self.api_port, None
-            await port.stopListening()
-        await super().stopService()
-        log.info("gb28181talk stopped")
 
 
 def _default_advertise_ip(interface: str) -> str:
@@ -313,4 +471,5 @@ def makeService(options: Options) -> IService:
     """Build the service tree from parsed options."""
     from twisted.internet import reactor
 
-    return GbTalkService(options.config, reactor, own_sigterm=True, freeze_heap=True)
+    return GbTalkService(options.config, reactor, own_sigterm=True, freeze_heap=True,
+                         exit_on_start_failure=True)
