@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gb28181talk.errors import RtpError
+from gb28181talk.media.framing import frame_rfc4571
 from gb28181talk.media.rtp import (
     RTP_HEADER,
     Packetizer,
@@ -402,3 +403,85 @@ def test_packetizer_timeline(packet_ms: int, first_seq: int, first_ts: int, ops:
         assert packetizer.buffered == len(held)
         assert packetizer.buffered < packetizer.samples_per_packet
     assert packetizer.next_timestamp == (first_ts + position - len(held)) % 2**32
+
+
+# --- the sender's fast path --------------------------------------------------------------
+
+fast_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("send"), st.integers(0, 1500), st.sampled_from([160, 320, 1800, 3600]),
+                  st.booleans()),
+        st.tuples(st.just("drop"), st.integers(0, 1500), st.sampled_from([160, 1800]),
+                  st.booleans()),
+        st.tuples(st.just("skip"), st.just(0), st.sampled_from([160, 1800]), st.just(False)),
+        st.tuples(st.just("push"), st.integers(0, 400), st.just(0), st.just(False)),
+    ),
+    max_size=40,
+)
+
+
+@given(
+    ssrc=st.integers(0, 2**32 - 1),
+    payload_type=st.integers(0, 127),
+    clock_rate=st.sampled_from([8000, 90_000]),
+    first_seq=st.integers(0, 65535),
+    first_ts=st.integers(0, 2**32 - 1),
+    steps=fast_steps,
+)
+def test_fast_path_headers_are_byte_identical_to_encode(
+    ssrc: int, payload_type: int, clock_rate: int, first_seq: int, first_ts: int,
+    steps: list,  # type: ignore[type-arg]
+) -> None:
+    """header/framed_header + payload == RtpPacket(...).encode() (behind its RFC 4571 length).
+
+    Mixed with push and skip on the same packetizer and with dropped packets taken back:
+    sequences step by one per packet sent, timestamps by the ticks given, the marker is
+    set on the first packet and after a skip, and a taken-back packet leaves no gap.
+    """
+    packetizer = Packetizer(ssrc=ssrc, payload_type=payload_type, clock_rate=clock_rate,
+                            first_sequence=first_seq, first_timestamp=first_ts)
+    sequence, timestamp, marker = first_seq, first_ts, True
+    for op, size, ticks, framed in steps:
+        if op == "skip":
+            packetizer.skip(ticks)
+            timestamp = (timestamp + ticks) % 2**32
+            marker = True
+            continue
+        if op == "push":
+            if clock_rate != 8000:
+                continue
+            packets = packetizer.push(bytes(size)) + packetizer.flush()
+            for packet in packets:
+                assert (packet.sequence, packet.timestamp, packet.marker) == (
+                    sequence, timestamp, marker)
+                sequence = (sequence + 1) % 65536
+                timestamp = (timestamp + len(packet.payload)) % 2**32
+                marker = False
+            continue
+        payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        if framed:
+            header = packetizer.framed_header(len(payload), ticks)
+            expected = frame_rfc4571(
+                RtpPacket(payload_type, sequence, timestamp, ssrc, payload, marker).encode())
+        else:
+            header = packetizer.header(len(payload), ticks)
+            expected = RtpPacket(payload_type, sequence, timestamp, ssrc, payload, marker).encode()
+        assert header + payload == expected
+        assert parse_rtp(expected[2:] if framed else expected).payload == payload
+        timestamp = (timestamp + ticks) % 2**32
+        if op == "drop":
+            packetizer.take_back()
+        else:
+            sequence = (sequence + 1) % 65536
+            marker = False
+        assert (packetizer.next_sequence, packetizer.next_timestamp) == (sequence, timestamp)
+
+
+def test_fast_path_wraps_sequence_and_timestamp() -> None:
+    packetizer = Packetizer(ssrc=5, payload_type=96, clock_rate=90_000,
+                            first_sequence=65535, first_timestamp=2**32 - 900)
+    first = parse_rtp(packetizer.header(3, 1800) + b"abc")
+    second = parse_rtp(packetizer.framed_header(3, 1800)[2:] + b"abc")
+    assert (first.sequence, first.timestamp, first.marker) == (65535, 2**32 - 900, True)
+    assert (second.sequence, second.timestamp, second.marker) == (0, 900, False)
+    assert packetizer.framed_header(160, 1800)[:2] == (172).to_bytes(2, "big")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from gb28181talk.errors import RtpError
 
 __all__ = [
+    "FRAMED_RTP_HEADER",
     "RTP_HEADER",
     "RTP_VERSION",
     "Packetizer",
@@ -25,6 +26,9 @@ __all__ = [
 RTP_VERSION = 2
 RTP_HEADER = struct.Struct("!BBHII")
 """The 12-byte fixed header: V/P/X/CC, M/PT, sequence, timestamp, SSRC."""
+
+FRAMED_RTP_HEADER = struct.Struct("!HBBHII")
+"""RFC 4571's 2-byte length, then the 12-byte fixed header: what goes before a payload on TCP."""
 
 _EXTENSION_HEADER = struct.Struct("!HH")
 _SSRC = struct.Struct("!I")
@@ -197,11 +201,21 @@ def pack_header_into(
         ) from None
 
 
+_PACK_HEADER = RTP_HEADER.pack
+_PACK_FRAMED_HEADER = FRAMED_RTP_HEADER.pack
+
+
 class Packetizer:
     """Turns a G.711 byte stream (1 byte per sample, 8 kHz) into RTP packets of a fixed duration.
 
     Invariant: the next packet's timestamp is first_timestamp plus every sample pushed or
     skipped so far (mod 2**32), so the timestamp always tracks the audio's time line.
+
+    Two ways in, one sequence/timestamp/marker state: :meth:`push`, :meth:`flush` and
+    :meth:`skip` build :class:`RtpPacket` values from audio bytes; :meth:`header` and
+    :meth:`framed_header` are the sender's per-packet fast path, packing just the header
+    bytes for a payload the caller already holds (raw G.711 or an MPEG-PS pack) and moving
+    the timestamp on by the ticks it spans (160 per 20 ms at 8 kHz, 1800 at PS's 90 kHz).
     """
 
     def __init__(
@@ -239,6 +253,8 @@ class Packetizer:
         self._sequence = first_sequence
         self._timestamp = first_timestamp
         self._marker = True
+        self._last_marker = True
+        self._marked_type = 0x80 | payload_type
         self._pending = bytearray()
 
     @property
@@ -302,6 +318,44 @@ class Packetizer:
         packet = self._emit(bytes(self._pending))
         self._pending.clear()
         return [packet]
+
+    def header(self, size: int, ticks: int) -> bytes:
+        """The next packet's 12-byte header (for ``size`` payload bytes); advances by ``ticks``.
+
+        The per-packet fast path: the bytes are those of ``RtpPacket(...).encode()`` without
+        its payload.  The sequence moves on by one, the timestamp by ``ticks``, the marker
+        clears.  ``size`` is not written (plain RTP carries no length); it keeps the
+        signature of :meth:`framed_header`, so a sender holds either one.
+        """
+        marker = self._last_marker = self._marker
+        sequence = self._sequence
+        timestamp = self._timestamp
+        self._marker = False
+        self._sequence = (sequence + 1) & _U16
+        self._timestamp = (timestamp + ticks) & _U32
+        return _PACK_HEADER(0x80, self._marked_type if marker else self._payload_type,
+                            sequence, timestamp, self._ssrc)
+
+    def framed_header(self, size: int, ticks: int) -> bytes:
+        """As :meth:`header`, behind RFC 4571's 2-byte length of the packet (14 bytes)."""
+        marker = self._last_marker = self._marker
+        sequence = self._sequence
+        timestamp = self._timestamp
+        self._marker = False
+        self._sequence = (sequence + 1) & _U16
+        self._timestamp = (timestamp + ticks) & _U32
+        return _PACK_FRAMED_HEADER(12 + size, 0x80,
+                                   self._marked_type if marker else self._payload_type,
+                                   sequence, timestamp, self._ssrc)
+
+    def take_back(self) -> None:
+        """The packet whose header was packed last was never sent (dropped): reuse its number.
+
+        The next packet carries that sequence number and marker again, so a receiver sees
+        no sequence gap; the timestamp keeps its advance, since that audio's time passed.
+        """
+        self._sequence = (self._sequence - 1) & _U16
+        self._marker = self._last_marker
 
     def skip(self, samples: int) -> None:
         """A gap of `samples` in the audio: drop the buffered remainder, move the timestamp on.
