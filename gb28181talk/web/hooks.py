@@ -92,6 +92,16 @@ def hook_body(session: Any, reason: str, stats: Any, server_id: str, index: int)
     }
 
 
+def _about(body: dict[str, Any]) -> str:
+    """What a hook is about, for its log lines: `` for session <id> (<reason>)`` or a stream."""
+    if body.get("session_id") is not None:
+        reason = f" ({body['reason']})" if body.get("reason") else ""
+        return f" for session {body['session_id']}{reason}"
+    if body.get("app") is not None:
+        return f" for stream {body.get('app')}/{body.get('stream')}"
+    return ""
+
+
 @implementer(ISessionObserver)
 class HookDeliverer:
     """Posts ``on_send_rtp_stopped`` for every ended session; retries, never blocks.
@@ -146,6 +156,8 @@ class HookDeliverer:
         """Nothing to report."""
 
     def session_ended(self, session: Any, reason: str, stats: Any) -> None:
+        if not self.url:  # no URL set, or hook.enable=0 (setServerConfig)
+            return
         body = hook_body(session, reason, stats, self.server_id, self._index)
         self._index += 1
         self.send(body)
@@ -154,18 +166,27 @@ class HookDeliverer:
 
     def send(self, body: dict[str, Any]) -> Deferred[bool] | None:
         """Start delivering ``body``; the Deferred fires True (delivered) or False (gave up)."""
+        return self.post(HOOK_NAME, self.url, body)
+
+    def post(self, hook: str, url: str, body: dict[str, Any]) -> Deferred[bool] | None:
+        """Deliver ``body`` as the hook ``hook`` to ``url``, as every hook is (ZLMediaKit's
+        ``mediaServerId`` and ``hook_index`` added when absent); None if dropped."""
+        if "mediaServerId" not in body or "hook_index" not in body:
+            body = {"mediaServerId": self.server_id, "hook_index": self._index, **body}
+            self._index += 1
         if len(self._pending) >= self.max_pending:
             self.dropped += 1
             log.warn(
-                "webhook {hook} for session {id} dropped: {pending} deliveries already waiting "
+                "webhook {hook}{about} dropped: {pending} deliveries already waiting "
                 "for {url}",
-                hook=HOOK_NAME,
-                id=body.get("session_id"),
+                hook=hook,
+                about=_about(body),
                 pending=len(self._pending),
-                url=self.url,
+                url=url,
             )
             return None
-        delivery = Deferred.fromCoroutine(self._deliver(json.dumps(body).encode("utf-8"), body))
+        data = json.dumps(body).encode("utf-8")
+        delivery = Deferred.fromCoroutine(self._deliver(data, body, hook, url))
         self._pending.add(delivery)
         delivery.addBoth(self._done, delivery)
         return delivery
@@ -174,13 +195,13 @@ class HookDeliverer:
         self._pending.discard(delivery)
         return result
 
-    async def _deliver(self, data: bytes, body: dict[str, Any]) -> bool:
+    async def _deliver(self, data: bytes, body: dict[str, Any], hook: str, url: str) -> bool:
         error = ""
         for attempt in range(self.retries + 1):
             if attempt:
                 await deferLater(self._reactor, self.backoff * 2 ** (attempt - 1))
             try:
-                status = await self._post(data)
+                status = await self._post(data, url)
             except CancelledError:  # drain() gave up on it (timeouts are TimeoutError)
                 self.failed += 1
                 raise
@@ -190,31 +211,30 @@ class HookDeliverer:
                 if 200 <= status < 300:
                     self.delivered += 1
                     log.debug(
-                        "webhook {hook} for session {id} delivered",
-                        hook=HOOK_NAME,
-                        id=body.get("session_id"),
+                        "webhook {hook}{about} delivered",
+                        hook=hook,
+                        about=_about(body),
                     )
                     return True
                 error = f"HTTP status {status}"
         self.failed += 1
         log.warn(
-            "webhook {hook} for session {id} ({reason}) not delivered to {url} after "
+            "webhook {hook}{about} not delivered to {url} after "
             "{attempts} attempts: {error}",
-            hook=HOOK_NAME,
-            id=body.get("session_id"),
-            reason=body.get("reason"),
-            url=self.url,
+            hook=hook,
+            about=_about(body),
+            url=url,
             attempts=self.retries + 1,
             error=error,
         )
         return False
 
-    async def _post(self, data: bytes) -> int:
+    async def _post(self, data: bytes, url: str) -> int:
         headers = Headers(
             {b"content-type": [b"application/json; charset=utf-8"], b"user-agent": [b"gb28181talk"]}
         )
         request = self._agent.request(
-            b"POST", self.url.encode("utf-8"), headers, FileBodyProducer(BytesIO(data))
+            b"POST", url.encode("utf-8"), headers, FileBodyProducer(BytesIO(data))
         )
         request.addTimeout(self.timeout, self._reactor)
         response = await request
