@@ -5,9 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial import unittest
+from twisted.web.client import ResponseDone, ResponseNeverReceived
 from zope.interface.verify import verifyObject
 
 from gb28181talk.core.manager import SessionManager
@@ -207,3 +211,155 @@ class HookRetryTests(unittest.TestCase):
         device.transport.loseConnection()
         await until(lambda: hooks.failed == 4, timeout=5)
         assert hooks.delivered == 0 and hooks.pending == 0
+
+
+class _SilentAgent:
+    """An Agent whose requests never answer; cancelling one fails it as Twisted's Agent does.
+
+    Agent reports a cancelled request as ``ResponseNeverReceived`` (not
+    ``CancelledError``), which a retry loop can mistake for an ordinary failure.
+    """
+
+    def __init__(self, status: int | None = None) -> None:
+        self.requests: list[Deferred[Any]] = []
+        self.status = status
+
+    def request(self, method: bytes, uri: bytes, headers: Any = None,
+                body: Any = None) -> Deferred[Any]:
+        if self.status is not None:
+            self.requests.append(Deferred())
+            return fail(_StatusError(self.status))
+
+        def cancel(request: Deferred[Any]) -> None:
+            request.errback(ResponseNeverReceived([Failure(CancelledError())]))
+
+        request: Deferred[Any] = Deferred(cancel)
+        self.requests.append(request)
+        return request
+
+
+class _StatusError(Exception):
+    """Stands in for a quick network error (connection refused)."""
+
+
+def _warnings(events: list[dict[str, Any]]) -> list[str]:
+    return [formatEvent(event) for event in events if event["log_level"] >= LogLevel.warn]
+
+
+class HookDrainTests(unittest.TestCase):
+    """Shutdown's drain ends within its bound whatever the receiver does, and says what it lost."""
+
+    timeout = 10
+
+    def setUp(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def test_a_receiver_that_never_answers_costs_the_drain_and_no_retry(self) -> None:
+        clock = Clock()
+        agent = _SilentAgent()
+        hooks = HookDeliverer(clock, "http://192.0.2.1/hook", agent=agent, timeout=10.0,
+                              retries=3, backoff=1.0)
+        for n in range(500):
+            hooks.send({"session_id": f"s{n}", "reason": "shutdown"})
+        drained: list[Any] = []
+        hooks.drain(3.0).addBoth(drained.append)
+        clock.advance(2.9)
+        assert drained == [] and hooks.pending == 500
+        clock.advance(0.1)
+        assert drained == [500], "the drain fires at its bound with how many it gave up on"
+        assert hooks.pending == 0
+        clock.advance(100.0)
+        assert len(agent.requests) == 500, "no attempt is retried once the drain gave up"
+        assert (hooks.delivered, hooks.failed, hooks.abandoned) == (0, 500, 500)
+        assert not clock.getDelayedCalls(), "no back-off or timeout timer is left behind"
+        warned = _warnings(self.events)
+        assert any("gave up on 500 webhook" in line for line in warned), warned
+
+    def test_hooks_waiting_to_retry_are_given_up_too(self) -> None:
+        clock = Clock()
+        agent = _SilentAgent(status=500)
+        hooks = HookDeliverer(clock, "http://192.0.2.1/hook", agent=agent, retries=3,
+                              backoff=2.0)
+        for n in range(3):
+            hooks.send({"session_id": f"s{n}", "reason": "shutdown"})
+        drained: list[Any] = []
+        hooks.drain(3.0).addBoth(drained.append)
+        clock.advance(2.0)  # the first retries fail at once too; the next wait 4 s
+        assert len(agent.requests) == 6 and drained == []
+        clock.advance(1.0)
+        assert drained == [3] and hooks.pending == 0
+        clock.advance(60.0)
+        assert len(agent.requests) == 6
+        assert (hooks.failed, hooks.abandoned) == (3, 3)
+
+    def test_the_drain_is_bounded_even_if_a_cancelled_attempt_never_ends(self) -> None:
+        clock = Clock()
+        stuck: Deferred[int] = Deferred()
+        hooks = HookDeliverer(clock, "http://192.0.2.1/hook", agent=_SilentAgent())
+        hooks._post = lambda data, url: stuck  # type: ignore[method-assign]
+        stuck.pause()  # a cancel cannot fire it: it stays pending
+        hooks.send({"session_id": "s1", "reason": "shutdown"})
+        drained: list[Any] = []
+        hooks.drain(3.0).addBoth(drained.append)
+        clock.advance(3.0)
+        assert drained == [1]
+
+    def test_a_hook_after_the_drain_is_dropped_not_sent(self) -> None:
+        clock = Clock()
+        agent = _SilentAgent()
+        hooks = HookDeliverer(clock, "http://192.0.2.1/hook", agent=agent)
+        drained: list[Any] = []
+        hooks.drain(3.0).addBoth(drained.append)
+        assert drained == [0]
+        assert hooks.send({"session_id": "late", "reason": "shutdown"}) is None
+        assert (len(agent.requests), hooks.dropped) == (0, 1)
+
+    def test_a_drain_that_finishes_early_gives_up_nothing(self) -> None:
+        clock = Clock()
+        agent = _SilentAgent()
+        hooks = HookDeliverer(clock, "http://192.0.2.1/hook", agent=agent)
+        delivered = hooks.send({"session_id": "s1", "reason": "shutdown"})
+        drained: list[Any] = []
+        hooks.drain(3.0).addBoth(drained.append)
+        response = _Response(204)
+        agent.requests[0].callback(response)
+        assert drained == [0] and delivered is not None
+        assert (hooks.delivered, hooks.abandoned) == (1, 0)
+        assert not clock.getDelayedCalls()
+        assert not _warnings(self.events)
+
+    @async_test
+    async def test_shutdown_with_a_receiver_that_never_answers_ends_within_the_drain(
+        self,
+    ) -> None:
+        accepted: list[Protocol] = []
+
+        class Silent(Protocol):
+            def connectionMade(self) -> None:
+                accepted.append(self)
+
+        silent = reactor.listenTCP(0, Factory.forProtocol(Silent),  # type: ignore[attr-defined]
+                                   interface="127.0.0.1")
+        self.addCleanup(silent.stopListening)
+        hooks = HookDeliverer(reactor, f"http://127.0.0.1:{silent.getHost().port}/hook",
+                              timeout=30.0, retries=3, backoff=0.01)
+        for n in range(3):
+            hooks.send({"session_id": f"s{n}", "reason": "shutdown"})
+        await until(lambda: len(accepted) == 3)
+        given_up = await hooks.drain(0.05)
+        await sleep(0.2)  # a wrongly retried attempt would connect within the back-off
+        assert given_up == 3 and hooks.pending == 0
+        assert len(accepted) == 3
+
+
+class _Response:
+    """The least of an Agent response: a status and a body that ends at once."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def deliverBody(self, protocol: Protocol) -> None:
+        protocol.makeConnection(None)  # type: ignore[arg-type]
+        protocol.connectionLost(Failure(ResponseDone()))

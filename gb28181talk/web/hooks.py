@@ -11,6 +11,8 @@ fields (``mediaServerId``, ``hook_index``, ``vhost``, ``app``, ``stream``,
 Delivery never blocks media: the POST runs on its own, with a timeout, and
 is retried with exponential back-off on a network error or a non-2xx
 status; a receiver that stays down costs a log line per hook, nothing more.
+At shutdown :meth:`HookDeliverer.drain` bounds the wait: what is not
+delivered when its time is up is cancelled, never retried, and counted.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import json
 from io import BytesIO
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -78,7 +80,7 @@ def hook_body(session: Any, reason: str, stats: Any, server_id: str, index: int)
         "app": key.app,
         "stream": key.stream,
         "params": "",
-        "ssrc": f"{key.ssrc:010d}",
+        "ssrc": session.params.ssrc_echo,
         "originType": origin,
         "originTypeStr": origin_name,
         "originUrl": "",
@@ -135,9 +137,13 @@ class HookDeliverer:
         )
         self._index = 0
         self._pending: set[Deferred[bool]] = set()
+        self._accepting = True
+        self._giving_up = False
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
+        self.abandoned = 0
+        """Hooks given up at shutdown, when the drain's time ran out (counted in ``failed`` too)."""
 
     @property
     def pending(self) -> int:
@@ -174,6 +180,11 @@ class HookDeliverer:
         if "mediaServerId" not in body or "hook_index" not in body:
             body = {"mediaServerId": self.server_id, "hook_index": self._index, **body}
             self._index += 1
+        if not self._accepting:
+            self.dropped += 1
+            log.warn("webhook {hook}{about} dropped: the service is shutting down",
+                     hook=hook, about=_about(body))
+            return None
         if len(self._pending) >= self.max_pending:
             self.dropped += 1
             log.warn(
@@ -198,14 +209,15 @@ class HookDeliverer:
     async def _deliver(self, data: bytes, body: dict[str, Any], hook: str, url: str) -> bool:
         error = ""
         for attempt in range(self.retries + 1):
-            if attempt:
-                await deferLater(self._reactor, self.backoff * 2 ** (attempt - 1))
             try:
+                if attempt:
+                    await deferLater(self._reactor, self.backoff * 2 ** (attempt - 1))
                 status = await self._post(data, url)
-            except CancelledError:  # drain() gave up on it (timeouts are TimeoutError)
-                self.failed += 1
-                raise
             except Exception as failure:  # network errors, timeouts, cancellation
+                if self._giving_up:
+                    # drain() ran out of time and counted it: whatever its cancel became
+                    # (CancelledError, Agent's ResponseNeverReceived...), never a retry.
+                    return False
                 error = f"{type(failure).__name__}: {failure}"
             else:
                 if 200 <= status < 300:
@@ -244,16 +256,44 @@ class HookDeliverer:
         await drain.done
         return int(response.code)
 
-    def drain(self, timeout: float) -> Deferred[None]:
-        """Wait up to ``timeout`` s for deliveries in flight, then cancel the rest (shutdown)."""
-        pending = list(self._pending)
-        if not pending:
-            return succeed(None)
-        waiting: Deferred[Any] = DeferredList(pending, consumeErrors=True)
-        timer = self._reactor.callLater(timeout, self._cancel_all)
-        waiting.addBoth(lambda _: timer.cancel() if timer.active() else None)
-        return waiting
+    def drain(self, timeout: float) -> Deferred[int]:
+        """Stop taking hooks, wait up to ``timeout`` s for those in flight, give up on the rest.
 
-    def _cancel_all(self) -> None:
-        for delivery in list(self._pending):
+        For shutdown: the Deferred fires at the latest ``timeout`` s from now,
+        whatever the receiver does (answers late, never accepts, keeps
+        failing), with how many hooks were given up on; those are cancelled
+        (the attempt in flight and any retry), counted in ``abandoned`` and
+        ``failed``, and named in one warning.
+        """
+        self._accepting = False
+        finished: Deferred[int] = Deferred()
+        if not self._pending:
+            finished.callback(0)
+            return finished
+        timer = self._reactor.callLater(timeout, self._give_up, finished, timeout)
+
+        def all_ended(_: object) -> None:
+            if timer.active():  # else _give_up is under way and answers
+                timer.cancel()
+                finished.callback(0)
+
+        DeferredList(list(self._pending), consumeErrors=True).addCallback(all_ended)
+        return finished
+
+    def _give_up(self, finished: Deferred[int], timeout: float) -> None:
+        """The drain's time is up: cancel every delivery left, attempts and retries alike."""
+        abandoned = list(self._pending)
+        self._pending.clear()
+        self._giving_up = True
+        self.abandoned += len(abandoned)
+        self.failed += len(abandoned)
+        log.warn(
+            "shutdown: gave up on {count} webhook(s) not delivered within the {timeout:g} s "
+            "drain (the receiver at {url} did not answer in time)",
+            count=len(abandoned),
+            timeout=timeout,
+            url=self.url,
+        )
+        for delivery in abandoned:
             delivery.cancel()
+        finished.callback(len(abandoned))
