@@ -64,3 +64,99 @@ class SessionError(GbTalkError):
 
 class SourceError(GbTalkError):
     """An audio source that does not exist, or cannot be created as asked."""
+
+
+# ----------------------------------------------------------------- the talk core's refusals
+
+
+class PortBusy(PortInUseError):
+    """The explicitly requested port is leased to another talk session."""
+
+    def __init__(self, port: int, owner: str, state: str) -> None:
+        GbTalkError.__init__(
+            self,
+            f"port {port} is busy: it is held by talk session {owner} ({state}); "
+            "choose another src_port or leave it empty",
+        )
+        self.port = port
+        self.reason = f"held by talk session {owner} ({state})"
+        self.owner = owner
+        self.state = state
+
+
+class ShuttingDown(SessionError):
+    """The service is shutting down and starts no new talk sessions."""
+
+    def __init__(self, message: str = "the service is shutting down") -> None:
+        super().__init__(message)
+
+
+class SessionConflict(SessionError):
+    """A live session has the same identity and other settings, and no replace was asked for."""
+
+    def __init__(
+        self, session_id: str, identity: object, port: int, state: str, differences: list[str]
+    ) -> None:
+        super().__init__(
+            f"talk session {session_id} for {identity} is live on port {port} ({state}) with "
+            f"other settings: {'; '.join(differences)}; send the same settings to get it "
+            "again, or add \"replace\": true to end it and start afresh"
+        )
+        self.session_id = session_id
+        self.identity = identity
+        self.differences = list(differences)
+
+
+class ReplaceFailed(SessionError):
+    """The session to be replaced did not end when told to stop."""
+
+    def __init__(self, session_id: str, identity: object) -> None:
+        super().__init__(
+            f"talk session {session_id} for {identity} did not end when replaced; the service "
+            "log has the details"
+        )
+        self.session_id = session_id
+
+
+class SessionNotFound(SessionError):
+    """No live talk session has this identity (or id)."""
+
+
+class RecordingUnavailable(SessionError):
+    """The device's audio cannot be recorded: --record-dir is not writable, or a file failed."""
+
+
+class SourceNotFound(SourceError):
+    """No audio source has this app/stream."""
+
+    def __init__(self, app: str, stream: str) -> None:
+        super().__init__(
+            f"can not find the source stream {app}/{stream}: create it with "
+            "POST /api/sources or list them with GET /api/sources"
+        )
+        self.app = app
+        self.stream = stream
+
+
+class SourceEnded(SourceError):
+    """The audio source exists but will never play again."""
+
+    def __init__(self, app: str, stream: str) -> None:
+        super().__init__(
+            f"the source stream {app}/{stream} has ended; delete it and create it again "
+            "(or create file sources with loop=true)"
+        )
+        self.app = app
+        self.stream = stream
+
+
+class NameTaken(SourceError):
+    """The name asked for the device's audio (recv_stream_id) is a live source already."""
+
+    def __init__(self, app: str, stream: str) -> None:
+        super().__init__(
+            f"recv_stream_id {stream!r} names the existing source {app}/{stream}; pick "
+            "another name for the device's audio"
+        )
+        self.app = app
+        self.stream = stream

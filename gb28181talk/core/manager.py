@@ -9,12 +9,13 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults
 from zope.interface import implementer
 
+from gb28181talk.core.identity import Identity, OnRepeat, Outcome, decide, differences
 from gb28181talk.core.observers import ObserverSet
 from gb28181talk.core.pacer import Pacer
-from gb28181talk.core.params import EndReason, SessionKey, SessionParams, SessionState
+from gb28181talk.core.params import EndReason, SessionParams, SessionState
 from gb28181talk.core.ports import PortPool
 from gb28181talk.core.session import TalkSession
-from gb28181talk.errors import SessionError
+from gb28181talk.errors import SessionConflict, ShuttingDown
 from gb28181talk.interfaces import IAudioSink, IAudioSource, ISessionObserver
 
 
@@ -39,11 +40,17 @@ class _Bookkeeper:
 
 
 class SessionManager:
-    """Starts, finds and stops talk sessions; one per key unless replaced.
+    """Starts, finds and stops talk sessions; at most one live session per identity.
 
-    Starting a key that already has a live session returns that session (the
-    port a retried INVITE or API call must get again) unless ``replace=True``,
-    which stops the old one (reason ``stopped``) and starts afresh.
+    A session's identity is its key unless the caller names another (a SIP
+    Call-ID, :class:`~gb28181talk.core.identity.CallId`).  A start for an
+    identity with a live session follows the one rule of
+    :mod:`gb28181talk.core.identity` with policy ``CONFLICT`` (or ``REPLACE``
+    for ``replace=True``): the same settings get that session again (the port
+    a retried call must get again), other settings raise SessionConflict,
+    ``replace=True`` stops the old one (reason ``stopped``) and starts afresh
+    at once.  The talk core (:mod:`gb28181talk.core.talk`) applies the same
+    rule with the front ends' policies and waits for a port to close.
     """
 
     def __init__(
@@ -61,7 +68,8 @@ class SessionManager:
         self.observers = ObserverSet()
         self.observers.add(_Bookkeeper(self))
         self._by_id: dict[str, TalkSession] = {}
-        self._by_key: dict[SessionKey, TalkSession] = {}
+        self._by_identity: dict[Identity, TalkSession] = {}
+        self._identities: dict[str, Identity] = {}
         self.shutting_down = False
 
     def add_observer(self, observer: Any) -> None:
@@ -75,14 +83,26 @@ class SessionManager:
         *,
         sinks: Sequence[IAudioSink] = (),
         replace: bool = False,
+        identity: Identity | None = None,
     ) -> TalkSession:
-        """Start (or, for a live key, return) a talk session; raises PortError, SessionError."""
+        """Start (or, for a live identity, return) a talk session.
+
+        ``identity`` defaults to ``params.key``.  Raises ShuttingDown,
+        SessionConflict (a live identity asked with other settings), PortError.
+        """
         if self.shutting_down:
-            raise SessionError("the service is shutting down; no new talk sessions")
-        existing = self._by_key.get(params.key)
-        if existing is not None and existing.state is not SessionState.CLOSED:
-            if not replace:
+            raise ShuttingDown("the service is shutting down; no new talk sessions")
+        identity = identity if identity is not None else params.key
+        existing = self.find(identity)
+        if existing is not None:
+            found = differences(existing.params, existing.port, params)
+            policy = OnRepeat.REPLACE if replace else OnRepeat.CONFLICT
+            outcome = decide(policy, found, existing.state is SessionState.STREAMING)
+            if outcome is Outcome.REUSE:
                 return existing
+            if outcome is Outcome.CONFLICT:
+                raise SessionConflict(existing.id, identity, existing.port, str(existing.state),
+                                      found)
             existing.stop(EndReason.STOPPED)
         session = TalkSession(
             self._new_id(),
@@ -96,7 +116,8 @@ class SessionManager:
             direct_send=self.direct_send,
         )
         self._by_id[session.id] = session
-        self._by_key[params.key] = session
+        self._by_identity[identity] = session
+        self._identities[session.id] = identity
         try:
             session.start()
         except Exception:
@@ -108,9 +129,14 @@ class SessionManager:
         """The live session with this id, if any."""
         return self._by_id.get(session_id)
 
-    def find(self, key: SessionKey) -> TalkSession | None:
-        """The live session with this key, if any."""
-        return self._by_key.get(key)
+    def find(self, identity: Identity) -> TalkSession | None:
+        """The live session with this identity (a key or a Call-ID), if any."""
+        session = self._by_identity.get(identity)
+        return session if session is not None and session.state is not SessionState.CLOSED else None
+
+    def identity_of(self, session: TalkSession) -> Identity | None:
+        """The identity ``session`` was started under, while it is live."""
+        return self._identities.get(session.id)
 
     def matching(
         self, vhost: str, app: str, stream: str, ssrc: int | None = None
@@ -118,9 +144,9 @@ class SessionManager:
         """Live sessions playing ``app/stream`` on ``vhost`` (one SSRC, or all)."""
         return [
             session
-            for key, session in self._by_key.items()
-            if (key.vhost, key.app, key.stream) == (vhost, app, stream)
-            and (ssrc is None or key.ssrc == ssrc)
+            for session in self._by_id.values()
+            if (session.key.vhost, session.key.app, session.key.stream) == (vhost, app, stream)
+            and (ssrc is None or session.key.ssrc == ssrc)
         ]
 
     def sessions(self) -> list[TalkSession]:
@@ -156,8 +182,9 @@ class SessionManager:
 
     def _forget(self, session: TalkSession) -> None:
         self._by_id.pop(session.id, None)
-        if self._by_key.get(session.key) is session:
-            del self._by_key[session.key]
+        identity = self._identities.pop(session.id, None)
+        if identity is not None and self._by_identity.get(identity) is session:
+            del self._by_identity[identity]
 
     def _new_id(self) -> str:
         while True:

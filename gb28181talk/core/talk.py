@@ -1,45 +1,76 @@
-"""Starts talk sessions for the APIs: finds the source, wires device audio and recordings.
+"""The talk core: the one place that starts, finds, replaces and stops talk sessions.
 
-Both APIs go through :class:`TalkControl`, so a session started by
-ZLMediaKit's ``startSendRtpPassive`` and one started by ``POST /api/sessions``
-behave alike: same idempotence for a retried call, same two-way wiring, same
-error codes.  They differ only for a key whose live session was asked for
-with other settings, or is connected: the native API refuses without
-``replace``, ZLMediaKit's replaces (as ZLMediaKit re-creates the sender).
+Every front end drives it: the ZLMediaKit API (``startSendRtpPassive``), the
+native API (``POST /api/sessions``), the SIP seam
+(:class:`gb28181talk.sip.seam.TalkSignalling`) and later the browser.  Each
+builds a :class:`~gb28181talk.core.request.TalkRequest`; the core finds the
+source, applies the identity rule, wires two-way audio (the device's voice
+published as ``app/recv_stream_id`` and recorded under ``record_dir``) and
+raises domain errors (:mod:`gb28181talk.errors`) that the web layer maps to
+codes and statuses (``web/errors.py``) and a SIP stack to SIP answers.
+
+The identity rule (one rule for every front end).  A session's identity is
+the caller's key (ZLMediaKit: vhost/app/stream/ssrc) or a SIP Call-ID; at
+most one session per identity is live.  A start whose identity has a live
+session:
+
+* with the **same settings** gets that session (a retried call or a
+  retransmitted INVITE gets the port it was given) -- except that
+  ``OnRepeat.REPLACE`` (``"replace": true``) always replaces, and
+  ``OnRepeat.REPLACE_UNLESS_WAITING`` (ZLMediaKit's API) replaces a session
+  whose device is already connected, as ZLMediaKit re-creates its sender;
+* with **other settings** is refused with ``SessionConflict`` naming each
+  difference under ``OnRepeat.CONFLICT`` (the native API's default), and
+  replaces the session under every other policy (a SIP re-INVITE:
+  ``OnRepeat.REPLACE_IF_CHANGED``; ZLMediaKit's API);
+* a **replacement** is checked first (source, name of the device's audio,
+  record directory, an explicit port held by another session), then the old
+  session stops (reason ``stopped``); when the new one asks for an explicit
+  port the old one holds, the start waits until that port is really closed.
+  It is decided once and never loops.
+
+Settings are what the device sees (codec, packaging, payload type, framing,
+packet duration, two-way, the expected peer, an explicit port, the name of
+the device's audio); see :func:`gb28181talk.core.identity.differences`.
+Sessions that end on their own are forgotten (the manager's bookkeeping and
+this core's wiring), so a later start with their identity starts afresh.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 from typing import Any
 
-from twisted.internet.defer import Deferred
-from twisted.logger import Logger
+from twisted.internet.defer import Deferred, fail
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gb28181talk.core.identity import Identity, Outcome, decide, differences
 from gb28181talk.core.manager import SessionManager
-from gb28181talk.core.params import SessionState
-from gb28181talk.core.recorder import WavRecorder, recording_path
+from gb28181talk.core.params import EndReason, SessionState
+from gb28181talk.core.request import TalkRequest
 from gb28181talk.core.session import TalkSession
-from gb28181talk.errors import PoolExhaustedError, PortInUseError, SessionError, SourceError
-from gb28181talk.interfaces import IAudioSink, ISessionObserver
-from gb28181talk.sources.device import DeviceAudioSource
+from gb28181talk.core.wiring import TwoWayWiring, Wiring
+from gb28181talk.errors import (
+    PortBusy,
+    ReplaceFailed,
+    SessionConflict,
+    SessionNotFound,
+    ShuttingDown,
+    SourceEnded,
+    SourceNotFound,
+)
+from gb28181talk.interfaces import ISessionObserver
 from gb28181talk.sources.registry import SourceRegistry
-from gb28181talk.web import codes
-from gb28181talk.web.common import ApiError
-from gb28181talk.web.start import StartRequest
-
-log = Logger()
 
 
 @implementer(ISessionObserver)
 class TalkControl:
-    """The API's side of the session manager: start with wiring, forget the wiring at the end.
+    """The application core over the session manager and the source registry.
 
-    In two-way talk the device's voice becomes the source ``app/recv_stream_id``
-    (a :class:`DeviceAudioSource` the session feeds), removed from the registry
-    when the session ends; with ``record_dir`` it is also written to a WAV file.
+    ``start`` (or ``start_now`` for callers that cannot wait) starts a
+    session or finds the live one of the request's identity by the rule of
+    this module; ``find``, ``stop`` and ``when_ended`` act by identity;
+    ``describe`` is a session's JSON view with its wiring.
     """
 
     def __init__(
@@ -54,221 +85,187 @@ class TalkControl:
         self.clock = clock
         self.manager = manager
         self.registry = registry
-        self.record_dir = record_dir
         self.advertise_ip = advertise_ip
-        self._device_sources: dict[str, DeviceAudioSource] = {}
-        self._recorders: dict[str, WavRecorder] = {}
-        self._recv_stream_ids: dict[str, str | None] = {}
+        self.wiring = TwoWayWiring(clock, registry, record_dir)
+        self._wirings: dict[str, Wiring] = {}
+        self._replacing: set[str] = set()
+        self._end_waiters: dict[Identity, list[Deferred[str]]] = {}
         manager.add_observer(self)
+
+    @property
+    def record_dir(self) -> str | None:
+        """Where two-way sessions record the device's audio (None: not recorded)."""
+        return self.wiring.record_dir
+
+    # -- finding
+
+    def source(self, app: str, stream: str) -> Any:
+        """The playable source app/stream; SourceNotFound or SourceEnded if there is none."""
+        source = self.registry.find(app, stream)
+        if source is None:
+            raise SourceNotFound(app, stream)
+        if source.ended:
+            raise SourceEnded(app, stream)
+        return source
+
+    def find(self, identity: Identity) -> TalkSession | None:
+        """The live session of this identity (a SessionKey or a CallId), if any."""
+        return self.manager.find(identity)
+
+    def request_of(self, session: TalkSession) -> TalkRequest | None:
+        """The request a live session was started with through the core, if it was."""
+        wiring = self._wirings.get(session.id)
+        return wiring.request if wiring is not None else None
 
     # -- starting
 
-    def source(self, app: str, stream: str) -> Any:
-        """The playable source app/stream, or ApiError -500 saying how to make one."""
-        source = self.registry.find(app, stream)
-        if source is None:
-            raise ApiError(
-                codes.NOT_FOUND,
-                f"can not find the source stream {app}/{stream}: create it with "
-                "POST /api/sources or list them with GET /api/sources",
-            )
-        if source.ended:
-            raise ApiError(
-                codes.NOT_FOUND,
-                f"the source stream {app}/{stream} has ended; delete it and create it again "
-                "(or create file sources with loop=true)",
-            )
-        return source
+    def start(self, request: TalkRequest) -> Deferred[TalkSession]:
+        """Start a session, or find again the live one of its identity (the module's rule).
 
-    def start(self, request: StartRequest) -> Deferred[TalkSession]:
-        """Start a session, or find again the live one with the same key; ApiError on refusal.
-
-        A live session with the same key and the same settings is the answer
-        (a retried call gets the port it was given).  Otherwise: the native
-        API refuses different settings unless ``replace``; ZLMediaKit's
-        replaces a waiting session asked for with different settings and
-        takes over a connected one (as ZLMediaKit does with a sender of the
-        same SSRC).  A replacement is checked first; then the old session
-        stops, its port is really closed, and the new one starts (so it can
-        have the same explicit ``src_port``).  The Deferred has fired already
-        unless a session had to be replaced.
+        The Deferred has fired already unless a replaced session's explicit
+        port had to close first; it fails with the domain error of a refusal.
         """
-        return Deferred.fromCoroutine(self._start(request))
+        return Deferred.fromCoroutine(self._start(request, can_wait=True))
 
-    async def _start(self, request: StartRequest) -> TalkSession:
-        key = request.params.key
+    def start_now(self, request: TalkRequest) -> TalkSession:
+        """``start`` for callers that must answer at once (a SIP stack's ``prepare``).
+
+        Same rule; a replacement that would have to wait for its explicit port
+        to close is refused with PortBusy instead (a pool port never waits).
+        """
+        outcome: list[Any] = []
+        self.start(request).addBoth(outcome.append)
+        (result,) = outcome
+        if isinstance(result, Failure):
+            result.raiseException()
+        return result  # type: ignore[no-any-return]
+
+    async def _start(self, request: TalkRequest, can_wait: bool) -> TalkSession:
+        identity = request.session_identity
+        replaced: list[TalkSession] = []
+        try:
+            return await self._decide_and_start(request, identity, can_wait, replaced)
+        except Exception:
+            if replaced and self.manager.find(identity) is None:
+                # The old session ended for a replacement that failed: the call is over.
+                self._call_ended(identity, str(EndReason.STOPPED))
+            raise
+
+    async def _decide_and_start(self, request: TalkRequest, identity: Identity, can_wait: bool,
+                                replaced: list[TalkSession]) -> TalkSession:
         stopped: TalkSession | None = None
         while True:
             self._refuse_when_shutting_down()
-            existing = self.manager.find(key)
-            if existing is None or existing.state is SessionState.CLOSED:
-                return self._start_new(request)
+            existing = self.manager.find(identity)
+            if existing is None:
+                return self._start_new(request, identity)
             if existing is stopped:  # stop() did not end it: never loop on it
-                raise ApiError(codes.OTHER_FAILED, f"talk session {existing.id} for {key} did "
-                               "not end when replaced; the service log has the details", 500)
-            differences = self.differences(existing, request)
-            if not request.replace:
-                if not differences and (
-                    existing.state is SessionState.LISTENING or not request.zlm
-                ):
-                    return existing  # a retried call gets the session it was given
-                if not request.zlm:
-                    raise self._conflict(existing, differences)
-            # Replaced: on request, by ZLMediaKit's different call or its call for a
-            # connected session.  Check what can be checked before ending the old one.
+                raise ReplaceFailed(existing.id, identity)
+            found = self.differences(existing, request)
+            outcome = decide(request.on_repeat, found,
+                             existing.state is SessionState.STREAMING)
+            if outcome is Outcome.REUSE:
+                return existing
+            if outcome is Outcome.CONFLICT:
+                raise SessionConflict(existing.id, identity, existing.port,
+                                      str(existing.state), found)
+            # Replaced: check what can be checked before ending the old one.
             self._check_startable(request, replacing=existing)
-            leases = [lease for lease in self.manager.pool.leases()
-                      if lease.owner == existing.id and not lease.closed.called]
-            self.manager.stop(existing.id)
+            port = request.params.src_port
+            closing = [lease for lease in self.manager.pool.leases()
+                       if port and lease.port == port and lease.owner == existing.id
+                       and not lease.closed.called]
+            if closing and not can_wait:
+                raise PortBusy(port, existing.id, str(existing.state))
+            self._replacing.add(existing.id)
+            try:
+                self.manager.stop(existing.id)
+            finally:
+                self._replacing.discard(existing.id)
             stopped = existing
-            for lease in leases:
+            replaced.append(existing)
+            for lease in closing:
                 await lease.closed  # its port is really free again
-            # Another call may have started this key meanwhile: decide again.
+            # Another call may have started this identity meanwhile: decide again.
 
     def _refuse_when_shutting_down(self) -> None:
         if self.manager.shutting_down:
-            raise ApiError(codes.OTHER_FAILED, "the service is shutting down", 503)
+            raise ShuttingDown()
 
-    def differences(self, existing: TalkSession, request: StartRequest) -> list[str]:
+    def differences(self, existing: TalkSession, request: TalkRequest) -> list[str]:
         """What a live session has that ``request`` asks otherwise: ``codec PCMA (asked PCMU)``."""
-        old, new = existing.params, request.params
-        asked: list[tuple[str, Any, Any]] = [
-            ("codec", old.law.encoding_name, new.law.encoding_name),
-            ("packaging", str(old.packaging), str(new.packaging)),
-            ("pt", old.rtp_payload_type, new.rtp_payload_type),
-            ("framing", old.framing.value, new.framing.value),
-            ("packet_ms", old.packet_ms, new.packet_ms),
-            ("two_way", old.receive, new.receive),
-            ("expected_peer", old.expected_peer, new.expected_peer),
-        ]
-        if new.src_port:
-            asked.insert(0, ("src_port", existing.port, new.src_port))
-        found = [f"{name} {have} (asked {want})" for name, have, want in asked if have != want]
-        wanted_device = request.recv_stream_id
-        have_device = self._recv_stream_ids.get(existing.id)
-        if new.receive and old.receive and wanted_device != have_device:
-            found.append(f"recv_stream_id {have_device} (asked {wanted_device})")
-        return found
-
-    @staticmethod
-    def _conflict(existing: TalkSession, differences: list[str]) -> ApiError:
-        return ApiError(
-            codes.INVALID_ARGS,
-            f"talk session {existing.id} for {existing.key} is live on port {existing.port} "
-            f"({existing.state}) with other settings: {'; '.join(differences)}; send the same "
-            "settings to get it again, or add \"replace\": true to end it and start afresh",
-            409,
+        have = self.request_of(existing)
+        return differences(
+            existing.params, existing.port, request.params,
+            have.recv_stream_id if have is not None else None, request.recv_stream_id,
         )
 
-    def _check_startable(self, request: StartRequest, replacing: TalkSession | None) -> Any:
-        """The source to play, once every check that needs no port has passed; ApiError if not."""
+    def _check_startable(self, request: TalkRequest, replacing: TalkSession | None) -> Any:
+        """The source to play, once every check that needs no port has passed."""
         key = request.params.key
         source = self.source(key.app, key.stream)
-        if request.recv_stream_id is not None:
-            taken = self.registry.find(key.app, request.recv_stream_id)
-            mine = replacing is not None and self._device_sources.get(replacing.id) is taken
-            if taken is not None and not taken.ended and not mine:
-                raise ApiError(
-                    codes.INVALID_ARGS,
-                    f"recv_stream_id {request.recv_stream_id!r} names the existing source "
-                    f"{key.app}/{request.recv_stream_id}; pick another name for the device's "
-                    "audio",
-                    409,
-                )
-        if request.params.receive and self.record_dir is not None and not os.access(
-            self.record_dir, os.W_OK | os.X_OK
-        ):
-            raise ApiError(
-                codes.OTHER_FAILED,
-                f"cannot record the device's audio in {self.record_dir}: it is not writable; "
-                "check --record-dir",
-                500,
-            )
+        self.wiring.check(request, self._wirings.get(replacing.id) if replacing else None)
         port = request.params.src_port
         if port and replacing is not None:
             for lease in self.manager.pool.leases():
                 if lease.port == port and lease.owner != replacing.id:
-                    raise ApiError(
-                        codes.EXCEPTION,
-                        f"port {port} is busy: it is held by talk session {lease.owner} "
-                        f"({lease.state}); choose another src_port or leave it empty",
-                        409,
-                    )
+                    raise PortBusy(port, lease.owner, lease.state)
         return source
 
-    def _start_new(self, request: StartRequest) -> TalkSession:
-        params = request.params
+    def _start_new(self, request: TalkRequest, identity: Identity) -> TalkSession:
         source = self._check_startable(request, replacing=None)
-        device: DeviceAudioSource | None = None
-        if request.recv_stream_id is not None:
-            device = DeviceAudioSource(params.key.app, request.recv_stream_id)
-        recorder = self._recorder(request) if params.receive else None
-        sinks: list[IAudioSink] = [sink for sink in (device, recorder) if sink is not None]
+        wiring = self.wiring.build(request)
         try:
-            session = self.manager.start(params, source, sinks=sinks)
-        except PortInUseError as error:
-            self._discard(recorder)
-            raise ApiError(codes.EXCEPTION, str(error), 409) from None
-        except PoolExhaustedError as error:
-            self._discard(recorder)
-            raise ApiError(codes.EXCEPTION, str(error), 503) from None
-        except SessionError as error:
-            self._discard(recorder)
-            raise ApiError(codes.INVALID_ARGS, str(error)) from None
-        self._recv_stream_ids[session.id] = request.recv_stream_id
-        if device is not None:
-            try:
-                self.registry.add(device)
-            except SourceError as error:  # lost a race for the name: the session stays one-way
-                log.warn("talk session {id}: device audio not published: {error}",
-                         id=session.id, error=str(error))
-            else:
-                self._device_sources[session.id] = device
-        if recorder is not None:
-            self._recorders[session.id] = recorder
+            session = self.manager.start(request.params, source, sinks=wiring.sinks,
+                                         identity=identity)
+        except Exception:
+            self.wiring.discard(wiring)
+            raise
+        self._wirings[session.id] = wiring
+        self.wiring.publish(session.id, wiring)
         return session
 
-    def _recorder(self, request: StartRequest) -> WavRecorder | None:
-        if self.record_dir is None:
-            return None
-        key = request.params.key
-        path = recording_path(
-            self.record_dir, key.app, request.recv_stream_id or key.stream, key.ssrc,
-            self.clock.seconds(),
-        )
-        try:
-            return WavRecorder(path)
-        except OSError as error:
-            raise ApiError(
-                codes.OTHER_FAILED,
-                f"cannot record the device's audio to {path}: {error.strerror or error}; "
-                "check --record-dir",
-                500,
-            ) from None
+    # -- stopping and ends
 
-    @staticmethod
-    def _discard(recorder: WavRecorder | None) -> None:
-        if recorder is not None:
-            recorder.audio_ended()
-            with contextlib.suppress(OSError):
-                os.remove(recorder.path)
+    def stop(self, identity: Identity, reason: EndReason = EndReason.STOPPED) -> bool:
+        """Stop the live session of this identity; False if it has none."""
+        session = self.manager.find(identity)
+        return self.manager.stop(session.id, reason) if session is not None else False
+
+    def when_ended(self, identity: Identity) -> Deferred[str]:
+        """Fires with the end reason once the identity's session ends and is not replaced.
+
+        For a SIP stack: the device hung up, timed out or was stopped, so
+        send BYE.  Fails with SessionNotFound if the identity has no live
+        session now.
+        """
+        if self.manager.find(identity) is None:
+            return fail(SessionNotFound(f"no live talk session for {identity}"))
+        waiting: Deferred[str] = Deferred()
+        self._end_waiters.setdefault(identity, []).append(waiting)
+        return waiting
+
+    def _call_ended(self, identity: Identity, reason: str) -> None:
+        for waiting in self._end_waiters.pop(identity, []):
+            waiting.callback(reason)
 
     # -- views
 
     def describe(self, session: TalkSession) -> dict[str, Any]:
-        """The session's JSON view plus the API's wiring (device source, recording, address)."""
+        """The session's JSON view plus the core's wiring (device source, recording, address)."""
         view = session.describe()
         view["local_ip"] = self.advertise_ip
-        device = self._device_sources.get(session.id)
+        wiring = self._wirings.get(session.id)
+        device = wiring.device if wiring is not None else None
         view["recv_stream_id"] = device.stream if device is not None else None
-        recorder = self._recorders.get(session.id)
+        recorder = wiring.recorder if wiring is not None else None
         view["recording"] = recorder.describe() if recorder is not None else None
         return view
 
     # -- ISessionObserver
 
     def session_started(self, session: Any) -> None:
-        """Nothing to do."""
+        """Nothing to do: ``_start_new`` records the wiring."""
 
     def session_connected(self, session: Any, peer: tuple[str, int]) -> None:
         """Nothing to do."""
@@ -277,9 +274,11 @@ class TalkControl:
         """Nothing to do."""
 
     def session_ended(self, session: Any, reason: str, stats: Any) -> None:
-        """Unpublish the device's audio source; the recorder closed itself as a sink."""
-        self._recorders.pop(session.id, None)
-        self._recv_stream_ids.pop(session.id, None)
-        device = self._device_sources.pop(session.id, None)
-        if device is not None and self.registry.find(device.app, device.stream) is device:
-            self.registry.remove(device.app, device.stream)
+        """Unpublish the device's audio source; tell who waits for the identity's end."""
+        wiring = self._wirings.pop(session.id, None)
+        if wiring is None:
+            return
+        self.wiring.unpublish(wiring)
+        if session.id not in self._replacing:
+            self._call_ended(wiring.request.session_identity, str(reason))
+

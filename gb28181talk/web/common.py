@@ -2,8 +2,9 @@
 
 A handler returns a dict (the reply, ``code`` 0 added), or a Deferred
 firing with one (the answer then leaves when it fires), or raises
-:class:`ApiError`; anything else it raises becomes ``{"code": -1}`` with
-the failure logged.  No request ever gets an HTML page or a traceback.
+:class:`ApiError` or a domain error (mapped by ``web/errors.py``);
+anything else it raises becomes ``{"code": -1}`` with the failure logged.
+No request ever gets an HTML page or a traceback.
 """
 
 from __future__ import annotations
@@ -22,29 +23,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from gb28181talk.web import codes
+from gb28181talk.web.errors import ApiError, api_error
 
 log = Logger()
 
 MAX_BODY_BYTES = 1024 * 1024
 """Largest request body read; API bodies are a few hundred bytes."""
-
-_STATUS_BY_CODE = {
-    codes.AUTH_FAILED: 401,
-    codes.INVALID_ARGS: 400,
-    codes.EXCEPTION: 409,
-    codes.NOT_FOUND: 404,
-    codes.OTHER_FAILED: 500,
-}
-
-
-class ApiError(Exception):
-    """A refusal the caller can act on: a ZLMediaKit-style ``code``, a message, an HTTP status."""
-
-    def __init__(self, code: int, msg: str, status: int | None = None) -> None:
-        super().__init__(msg)
-        self.code = code
-        self.msg = msg
-        self.status = status if status is not None else _STATUS_BY_CODE.get(code, 500)
 
 
 def not_found(path: str, hint: str) -> ApiError:
@@ -265,9 +249,9 @@ class JsonResource(Resource):
 
     def _failure_body(self, request: Request, failure: Failure, method: str,
                       args: RequestArgs) -> bytes:
-        """The JSON of a handler's failure: its ApiError, or -1 with the failure logged."""
-        error = failure.check(ApiError) and failure.value
-        if not isinstance(error, ApiError):
+        """The JSON of a handler's failure: its ApiError or mapped domain error, else -1 logged."""
+        error = api_error(failure.value)
+        if error is None:
             log.failure("API request {method} {path} failed", failure=failure, method=method,
                         path=args.path)
             error = ApiError(codes.OTHER_FAILED,

@@ -12,14 +12,12 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from gb28181talk import __version__
 from gb28181talk.core.params import SessionState
 from gb28181talk.core.talk import TalkControl
-from gb28181talk.errors import SourceError
 from gb28181talk.web import codes
 from gb28181talk.web.common import (
     ApiError,
@@ -85,13 +83,9 @@ class SourcesResource(JsonResource):
                     "request; wait for its answer or pick another stream name",
                     409,
                 )
-
-        def refused(failure: Failure) -> None:
-            failure.trap(SourceError)
-            raise ApiError(codes.INVALID_ARGS, failure.getErrorMessage()) from None
-
-        return registry.create_async(spec, self.reactor).addCallbacks(
-            lambda source: {"source": source.describe()}, refused
+        # A SourceError (bad spec, unreadable file) is -300 / 400 through web/errors.py.
+        return registry.create_async(spec, self.reactor).addCallback(
+            lambda source: {"source": source.describe()}
         )
 
 

@@ -1,11 +1,14 @@
-"""Turns the arguments of ``startSendRtpPassive`` and ``POST /api/sessions`` into a start request.
+"""Turns the arguments of ``startSendRtpPassive`` and ``POST /api/sessions`` into a TalkRequest.
 
 Both APIs take the same names (ZLMediaKit's), with different defaults: the
 ZLMediaKit API keeps ZLMediaKit's (MPEG-PS, payload type 96, even for raw
 ES unless ``pt`` says 8 or 0), the native API starts raw PCMA with payload
 type 8, the downlink every device plays.  Pure functions: every problem is
 an :class:`ApiError` with code -300 naming the parameter, the value and what
-is allowed.
+is allowed.  The result is the core's :class:`TalkRequest`, whose identity is
+the key and whose policy for a live key is each API's: the native API
+refuses other settings unless ``replace``, ZLMediaKit's re-creates a session
+that waits with other settings or is connected, as ZLMediaKit does.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import ipaddress
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from gb28181talk.core.identity import OnRepeat
 from gb28181talk.core.params import MAX_SSRC, Packaging, SessionKey, SessionParams, SsrcPolicy
+from gb28181talk.core.request import TalkRequest
 from gb28181talk.errors import SessionError
 from gb28181talk.media.framing import Framing
 from gb28181talk.media.law import Law
@@ -31,7 +35,8 @@ TWO_WAY_RECEIVE_TIMEOUT = 15.0
 """Seconds without device audio that end a ``startSendRtpPassive`` two-way session, as
 ZLMediaKit does; the native API ends one for silence only when ``receive_timeout`` asks."""
 
-MAX_CLOSE_DELAY_MS = 3_600_000
+MAX_CLOSE_DELAY_MS = 2**32 - 1
+"""ZLMediaKit reads ``close_delay_ms`` as a uint32; wvp's talk sends 10,000,000 and more."""
 
 _INTEGER = re.compile(r"[+-]?\d{1,15}")
 _DECIMAL_SSRC = re.compile(r"\d{1,10}")
@@ -45,23 +50,6 @@ NATIVE_FIELDS = (
     "receive_timeout", "preroll_ms", "replace",
 )
 """Fields ``POST /api/sessions`` accepts."""
-
-
-@dataclass(frozen=True, slots=True)
-class StartRequest:
-    """A checked request to start (or find again) a talk session.
-
-    For a key that has a live session: the same settings get that session
-    again (a retried call); ``replace`` ends it and starts afresh.  Without
-    ``replace``, the native API refuses different settings (409), while
-    ``zlm`` requests (``startSendRtpPassive``) replace the session as
-    ZLMediaKit re-creates a sender, and take over a connected one.
-    """
-
-    params: SessionParams
-    recv_stream_id: str | None = None
-    replace: bool = False
-    zlm: bool = False
 
 
 def invalid(message: str) -> ApiError:
@@ -223,7 +211,7 @@ def _params(**fields: Any) -> SessionParams:
 # --------------------------------------------------------------------------- the two APIs
 
 
-def parse_zlm_start(args: Mapping[str, Any], wait_timeout: float) -> StartRequest:
+def parse_zlm_start(args: Mapping[str, Any], wait_timeout: float) -> TalkRequest:
     """``/index/api/startSendRtpPassive`` arguments (strings) as ZLMediaKit reads them."""
     vhost, app, stream = source_name(args)
     key_ssrc = ssrc(args)
@@ -244,11 +232,12 @@ def parse_zlm_start(args: Mapping[str, Any], wait_timeout: float) -> StartReques
         wait_timeout=_close_delay(args, wait_timeout),
         receive=two_way,
         receive_timeout=TWO_WAY_RECEIVE_TIMEOUT if two_way else None,
+        ssrc_text=args["ssrc"].strip() if isinstance(args.get("ssrc"), str) else None,
     )
-    return StartRequest(params, recv_stream_id, zlm=True)
+    return TalkRequest(params, recv_stream_id, OnRepeat.REPLACE_UNLESS_WAITING)
 
 
-def parse_native_start(body: Mapping[str, Any], wait_timeout: float) -> StartRequest:
+def parse_native_start(body: Mapping[str, Any], wait_timeout: float) -> TalkRequest:
     """``POST /api/sessions`` JSON: the ZLMediaKit names plus our own, raw PCMA by default."""
     unknown = sorted(str(name) for name in body if name not in NATIVE_FIELDS)
     if unknown:
@@ -314,4 +303,5 @@ def parse_native_start(body: Mapping[str, Any], wait_timeout: float) -> StartReq
         receive_timeout=receive_timeout if two_way else None,
         preroll_ms=integer(body, "preroll_ms", 1000, 0, 10_000),
     )
-    return StartRequest(params, recv_stream_id, boolean(body, "replace", False))
+    replace = boolean(body, "replace", False)
+    return TalkRequest(params, recv_stream_id, OnRepeat.REPLACE if replace else OnRepeat.CONFLICT)
