@@ -138,6 +138,28 @@ class FrameDecoder:
         return len(self._buffer)
 
     @property
+    def wanted(self) -> int:
+        """Bytes that complete the frame in hand (or the next header); 0 if unknown (NONE).
+
+        A reader that wants one packet per read (and so one kernel timestamp per packet)
+        asks the socket for exactly this many bytes.
+        """
+        buffer = self._buffer
+        held = len(buffer)
+        mode = self._mode
+        if mode is Framing.RFC4571:
+            if held < 2:
+                return 2 - held
+            return 2 + ((buffer[0] << 8) | buffer[1]) - held
+        if mode is Framing.INTERLEAVED:
+            if held < 4:
+                return 4 - held
+            return 4 + ((buffer[2] << 8) | buffer[3]) - held
+        if mode is None:
+            return max(1, (5 if held and buffer[0] == _DOLLAR else 3) - held)
+        return 0
+
+    @property
     def rtcp_frames(self) -> int:
         """Interleaved frames on odd (RTCP) channels, dropped and counted."""
         return self._rtcp_frames
