@@ -14,15 +14,17 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError, ConnectionDone
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gb28181talk.device.media import Depth, DeviceMedia
+from gb28181talk.device.voice import DeviceVoice
 from gb28181talk.interfaces import FRAME_BYTES, IAudioSink, IAudioSource, ISessionObserver
-from gb28181talk.media import g711
-from gb28181talk.media.framing import FrameDecoder, Framing
+from gb28181talk.media.framing import Framing
 from gb28181talk.media.law import Law
-from gb28181talk.media.rtp import RtpPacket, parse_rtp
+from gb28181talk.media.rtp import RtpPacket
 
 
 class BusyPortsReactor(MemoryReactorClock):
@@ -161,25 +163,38 @@ class _DeviceTransport(StringTransport):
 
 
 class FakeDevice:
-    """A device connected to a talk session in memory: it records and decodes what it receives.
+    """A device connected to a talk session in memory: the package's device media core hears it.
 
     It reads everything at once unless ``stop_reading()`` is called: then what
-    the session writes piles up unacknowledged, as with a stuck device.
+    the session writes piles up unacknowledged, as with a stuck device.  What it
+    heard is in ``media`` (a `DeviceMedia`: figures, packets, audio, WAV); what it
+    says goes through ``voice`` (`speak`), or as raw bytes through `send`.
     """
 
     def __init__(
-        self, host: str = "127.0.0.2", port: int = 40000, framing: Framing = Framing.RFC4571
+        self,
+        host: str = "127.0.0.2",
+        port: int = 40000,
+        framing: Framing = Framing.RFC4571,
+        voice: DeviceVoice | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.transport = _DeviceTransport(peerAddress=IPv4Address("TCP", host, port))
         self.protocol: Any = None
-        self._decoder = FrameDecoder(framing)
+        self.voice = voice
+        self.media = DeviceMedia(Depth.AUDIO, framing, keep_packets=True, strict=True)
+        self._reactor: IReactorTime | None = None
         self._consumed = 0
-        self.packets: list[RtpPacket] = []
+
+    @property
+    def packets(self) -> list[RtpPacket]:
+        """Every RTP packet received so far, in order (as far as `receive` has looked)."""
+        return self.media.packets
 
     def connect(self, reactor: BusyPortsReactor, talk_port: int) -> bool:
         """Dial the session listening on ``talk_port``; False if it refused the connection."""
+        self._reactor = reactor
         factory = reactor.factory_on(talk_port)
         self.protocol = factory.buildProtocol(IPv4Address("TCP", self.host, self.port))
         if self.protocol is None:
@@ -198,21 +213,34 @@ class FakeDevice:
             self.transport.producer.resumeProducing()
 
     def receive(self) -> list[RtpPacket]:
-        """Decode what arrived since the last call; returns the new packets."""
+        """Hand what arrived since the last call to the media core; returns the new packets.
+
+        A frame that is not RTP raises RtpError, bytes that are not framed RTP FramingError.
+        """
         data = self.transport.value()
         fresh, self._consumed = data[self._consumed :], len(data)
-        packets = [parse_rtp(raw) for raw in self._decoder.feed(fresh)]
-        self.packets.extend(packets)
-        return packets
+        before = len(self.media.packets)
+        now = self._reactor.seconds() if self._reactor is not None else 0.0
+        self.media.receive(fresh, now)
+        return self.media.packets[before:]
 
-    def audio(self, law: Law = Law.ALAW) -> bytes:
-        """All PCM16 received so far (raw G.711 payloads decoded)."""
+    def audio(self, law: Law | None = None) -> bytes:
+        """All PCM16 received so far (raw or PS by payload type; ``law`` forces a law)."""
         self.receive()
-        return g711.decode(law, b"".join(packet.payload for packet in self.packets))
+        return self.media.pcm16(law)
 
     def send(self, data: bytes) -> None:
         """Bytes from the device to the session."""
         self.protocol.dataReceived(data)
+
+    def speak(self, pcm16: bytes) -> int:
+        """The device talks back: the whole packets of ``pcm16`` through its voice."""
+        if self.voice is None:
+            raise RuntimeError("this FakeDevice has no voice: FakeDevice(voice=DeviceVoice(...))")
+        data = self.voice.speak(pcm16)
+        if data:
+            self.send(data)
+        return len(data)
 
     def hang_up(self) -> None:
         """The device closes the connection."""
