@@ -1,14 +1,16 @@
 """Faults under load: misbehaving devices, API callers and webhook receivers, on real loopback.
 
 Every test runs the whole service in this reactor (API, pool, pacer, hooks)
-with :data:`HEALTHY` healthy sessions streaming to devices that timestamp each
-packet in the kernel (``SO_TIMESTAMPNS``: when the service's send reached the
-socket, whenever this process reads it).  One fault is injected; then the
-test checks the faulty session's ending reason (observer and webhook), that
-the healthy devices heard every packet with no gap beyond
-:data:`GAP_BOUND_MS`, and, after the service stops, that nothing is left:
-every port back in the pool and bindable, no reader, writer or delayed call
-of ours in the reactor, no webhook pending, as many descriptors as before.
+with :data:`HEALTHY` healthy sessions streaming to devices that record each
+packet they hear.  One fault is injected; then the test checks the faulty
+session's ending reason (observer and webhook), that the healthy sessions
+still stream and their devices heard every packet since, in order (sequence
+numbers one apart, timestamps one packet apart, one SSRC), and, after the
+service stops, that nothing is left: every port back in the pool and
+bindable, no reader, writer or delayed call of ours in the reactor, no
+webhook pending, as many descriptors as before.  No test here bounds a gap
+or a jitter in wall-clock time (on a loaded machine it would fail by
+chance): ``benchmarks/soak.py`` measures and reports those.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ import gc
 import os
 import socket
 import struct
-import time
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReadDescriptor
-from twisted.internet.task import Clock, LoopingCall
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.resource import Resource
@@ -33,7 +35,9 @@ from zope.interface import implementer
 
 from gb28181talk.core.pacer import Pacer
 from gb28181talk.core.params import SessionKey, SessionParams, SessionState
-from gb28181talk.media.framing import frame_rfc4571
+from gb28181talk.device.media import Depth, DeviceMedia
+from gb28181talk.device.timed import TimedReader, enable_kernel_timestamps
+from gb28181talk.media.framing import Framing, frame_rfc4571
 from gb28181talk.media.rtp import RtpPacket
 from gb28181talk.testing import ListSource, RecordingObserver
 from gb28181talk.web import codes
@@ -43,21 +47,6 @@ from tests.netutil import free_port, port_is_free
 HEALTHY = 6
 """Healthy sessions streaming beside every fault."""
 
-GAP_BOUND_MS = 20.0
-"""Largest |arrival gap − RTP timestamp gap| a healthy device may see.
-
-The benchmark's bound is 5 ms at p99 with the service on a core of its own
-(docs/performance.md).  Here the devices, the service and the fault share one
-reactor and CI runs two test workers on two cores, so the bound is one packet
-(20 ms): a gap a device's jitter buffer would hear fails, scheduling noise does
-not (the worst seen on a 2-core machine running the whole suite was 3.8 ms).
-A larger gap is forgiven only when the kernel says this thread sat on the run
-queue, runnable but not running, for at least the excess (:class:`RunQueueDelay`):
-other processes took the cores; our code did not stall."""
-
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
-_TIMESPEC = struct.Struct("@qq")
-_ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
 SSRC_HEALTHY = 9_000_000
 APP, STREAM = "broadcast", "tone"
 
@@ -69,22 +58,29 @@ APP, STREAM = "broadcast", "tone"
 class TimedDevice:
     """A device read by the reactor, recording each packet's kernel arrival time.
 
-    Reads one RFC 4571 frame at a time (length, then body), so each recvmsg
-    covers one packet and carries that packet's timestamp.
+    The package's timed reader reads one frame per recvmsg, so each read carries
+    that packet's kernel timestamp, and hands it to a header-only device media core.
     """
 
     def __init__(self, port: int, timestamps: bool = True) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         if timestamps:
-            self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            enable_kernel_timestamps(self.sock)
         self.sock.setblocking(False)
-        self.arrivals: list[tuple[float, int, int, int]] = []  # arrival, seq, ts, ssrc
+        self.media = DeviceMedia(Depth.HEADERS, Framing.RFC4571, timeline=True)
+        self.reader = TimedReader(self.sock, self.media)
         self.closed_by_peer = False
-        self.bytes = 0
-        self._need = 2
-        self._header = True
-        self._part = bytearray()
         reactor.addReader(self)  # type: ignore[attr-defined]
+
+    @property
+    def arrivals(self) -> list[tuple[float, int, int, int]]:
+        """Every packet heard, in arrival order: (arrival, seq, ts, ssrc)."""
+        return [arrival[:4] for arrival in self.media.arrivals]
+
+    @property
+    def bytes(self) -> int:
+        """Bytes heard, framing included."""
+        return self.media.stream_bytes
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -93,37 +89,10 @@ class TimedDevice:
         return "TimedDevice"
 
     def doRead(self) -> None:
-        while True:
-            try:
-                data, ancillary, _flags, _ = self.sock.recvmsg(self._need, _ANCILLARY)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                data, ancillary = b"", []
-            if not data:
-                self.closed_by_peer = True
-                self.close()
-                return
-            arrival = 0.0
-            for level, kind, value in ancillary:
-                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-                    seconds, nanos = _TIMESPEC.unpack(value[: _TIMESPEC.size])
-                    arrival = seconds + nanos * 1e-9
-            self.bytes += len(data)
-            self._part += data
-            self._need -= len(data)
-            if self._need:
-                continue
-            if self._header:
-                self._header = False
-                self._need = int.from_bytes(self._part, "big")
-                self._part.clear()
-            else:
-                seq, stamp, ssrc = struct.unpack_from("!xxHII", self._part)
-                self.arrivals.append((arrival, seq, stamp, ssrc))
-                self._part.clear()
-                self._header = True
-                self._need = 2
+        self.reader.read()
+        if self.reader.closed:
+            self.closed_by_peer = True
+            self.close()
 
     def connectionLost(self, reason: Failure) -> None:
         self.close()
@@ -133,64 +102,6 @@ class TimedDevice:
         if self.sock.fileno() >= 0:
             reactor.removeReader(self)  # type: ignore[attr-defined]
             self.sock.close()
-
-    def gaps(self, since: float = 0.0) -> tuple[list[tuple[float, float, float]], int, int]:
-        """Packets after ``since`` (wall time): ([(jitter ms, from, to)], seqs skipped, count)."""
-        jitters: list[tuple[float, float, float]] = []
-        skipped = packets = 0
-        previous = None
-        for arrival in self.arrivals:
-            if arrival[0] < since:
-                previous = arrival
-                continue
-            packets += 1
-            if previous is not None:
-                expected = (arrival[2] - previous[2]) % 2**32 / 8000
-                jitter = abs((arrival[0] - previous[0]) - expected) * 1000
-                jitters.append((jitter, previous[0], arrival[0]))
-                skipped += (arrival[1] - previous[1] - 1) % 65536
-            previous = arrival
-        return jitters, skipped, packets
-
-
-class RunQueueDelay:
-    """How long this (the reactor's) thread waited for a core, sampled every 10 ms.
-
-    ``/proc/thread-self/schedstat`` gives the time a thread spent runnable but
-    not running: other processes had the cores.  Sampled as (wall time, delay)
-    so a gap a device saw can be set against the starvation at that moment.
-    Where schedstat is missing the delay reads 0 and the bound is strict.
-    """
-
-    PATH = "/proc/thread-self/schedstat"
-
-    def __init__(self) -> None:
-        self.samples: list[tuple[float, float]] = []
-        self._loop = LoopingCall(self.sample)
-
-    def start(self) -> None:
-        self._loop.start(0.01)
-
-    def stop(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
-
-    def sample(self) -> None:
-        try:
-            with open(self.PATH) as stat:
-                delay = int(stat.read().split()[1]) / 1e6
-        except (OSError, ValueError, IndexError):
-            delay = 0.0
-        self.samples.append((time.time(), delay))
-
-    def starved_ms(self, start: float, end: float) -> float:
-        """Run-queue delay accrued from the last sample at or before ``start`` to the first
-        at or after ``end`` (0 when the window is not covered)."""
-        before = [delay for at, delay in self.samples if at <= start]
-        after = [delay for at, delay in self.samples if at >= end]
-        if not before or not after:
-            return 0.0
-        return after[0] - before[-1]
 
 
 def raw_device(port: int, rcvbuf: int | None = None) -> socket.socket:
@@ -339,9 +250,7 @@ class FaultHarness:
         self.healthy_ids: list[str] = []
         self.observer = RecordingObserver()
         self.descriptors_before: dict[str, str] = {}
-        self.fault_from = 0.0
-        self.run_queue = RunQueueDelay()
-        self.forgiven: list[str] = []
+        self.heard_before: list[int] = []
 
     async def start(self) -> None:
         await sleep(0)  # the reactor is running (it opens its own descriptors when it starts)
@@ -350,7 +259,6 @@ class FaultHarness:
         # the collector's full passes, whose pauses grow with the heap (60 ms were seen here).
         gc.collect()
         gc.freeze()
-        self.run_queue.start()
         if self.hook_mode == "ok":
             self.receiver = HookReceiver()
             url = self.receiver.start()
@@ -378,7 +286,7 @@ class FaultHarness:
         # connections are in the reactor, and the pacer's next tick is scheduled.
         assert len(talk_selectables(self.service.site)) >= HEALTHY + 1
         assert our_delayed_calls(), "the pacer's timer is visible"
-        self.fault_from = max(device.arrivals[-1][0] for device in self.healthy)
+        self.heard_before = [len(device.arrivals) for device in self.healthy]
 
     @property
     def manager(self) -> Any:
@@ -415,28 +323,33 @@ class FaultHarness:
         return reasons[0]
 
     def check_healthy(self) -> None:
-        """Every healthy session still streams and its device heard no gap beyond the bound.
+        """Every healthy session still streams, and its device heard every packet since the
+        fault began: in order, sequence numbers one apart, timestamps one packet apart, one SSRC.
 
-        A gap beyond the bound is forgiven (and listed in ``forgiven``) only when
-        this thread waited at least the excess on the run queue meanwhile.
+        How evenly the packets came (gaps, jitter) is not asserted: that is wall-clock
+        timing, which a loaded machine upsets; ``benchmarks/soak.py`` reports it.
         """
-        for session_id, device in zip(self.healthy_ids, self.healthy, strict=True):
+        for n, (session_id, device) in enumerate(zip(self.healthy_ids, self.healthy,
+                                                     strict=True)):
             session = self.manager.get(session_id)
             assert session is not None and session.state is SessionState.STREAMING, (
                 f"healthy session {session_id} ended: {self.reasons(session_id)}"
             )
-            jitters, skipped, packets = device.gaps(self.fault_from)
-            assert packets >= 2, "the healthy device kept receiving"
-            assert skipped == 0, f"a healthy device lost {skipped} packets"
-            for jitter, start, end in jitters:
-                if jitter <= GAP_BOUND_MS:
-                    continue
-                starved = self.run_queue.starved_ms(start, end)
-                assert starved >= jitter - GAP_BOUND_MS, (
-                    f"a healthy device saw a {jitter:.1f} ms gap (bound {GAP_BOUND_MS} ms) "
-                    f"while this thread waited only {starved:.1f} ms for a core"
-                )
-                self.forgiven.append(f"{jitter:.1f} ms gap, {starved:.1f} ms starved")
+            # From the last packet heard before the fault on: the fault's whole span.
+            heard = [(seq, stamp, ssrc)
+                     for _, seq, stamp, ssrc in device.arrivals[self.heard_before[n] - 1:]]
+            assert len(heard) >= 3, f"healthy device {n} stopped hearing packets: {heard}"
+            assert {ssrc for *_, ssrc in heard} == {SSRC_HEALTHY + n}, heard
+            step = session.params.packet_ms * 8  # RTP timestamp units (8 kHz) per packet
+            breaks = [
+                f"seq {seq} ts {stamp} -> seq {next_seq} ts {next_stamp}"
+                for (seq, stamp, _), (next_seq, next_stamp, _) in pairwise(heard)
+                if (next_seq - seq) % 2**16 != 1 or (next_stamp - stamp) % 2**32 != step
+            ]
+            assert not breaks, (
+                f"healthy device {n} heard {len(heard)} packets with breaks in the sequence "
+                f"(lost, repeated, reordered or mistimed): {breaks[:5]}"
+            )
 
     async def hook_reasons(self, session_id: str, timeout: float = 5.0) -> list[str]:
         """The webhook reasons posted for ``session_id`` (when the receiver works)."""
@@ -450,7 +363,6 @@ class FaultHarness:
     async def stop_and_check_leftovers(self) -> None:
         """Stop everything; then nothing of ours may be left anywhere."""
         gc.unfreeze()
-        self.run_queue.stop()
         for device in self.healthy:
             device.close()
         await self.harness.stop()
