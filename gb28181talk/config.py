@@ -221,7 +221,7 @@ def _port_range(value: Any) -> tuple[int, int]:
             return parse_port_range(value)
     except PortError as error:
         raise ConfigError(f"--port-range: {error}") from None
-    raise ConfigError(f"--port-range must be LO-HI, e.g. 30000-35000, not {value!r}")
+    raise ConfigError(f"--port-range must be LO-HI, e.g. 20000-24999, not {value!r}")
 
 
 def _address(values: Mapping[str, Any], name: str, allow_empty: bool) -> str | None:

@@ -56,7 +56,7 @@ from gb28181talk.config import (
 from gb28181talk.core.manager import SessionManager
 from gb28181talk.core.observers import LoggingObserver
 from gb28181talk.core.pacer import Pacer
-from gb28181talk.core.ports import DEFAULT_PORT_RANGE, PortPool, ephemeral_overlap
+from gb28181talk.core.ports import DEFAULT_PORT_RANGE, PortPool, warn_ephemeral_overlap
 from gb28181talk.core.talk import TalkControl
 from gb28181talk.sources.registry import SourceRegistry
 from gb28181talk.web.common import Authenticator
@@ -425,13 +425,7 @@ class GbTalkService(MultiService):
                 "{room} sessions; raise the hard limit (ulimit -Hn) to use them all",
                 size=self.pool.size, room=room,
             )
-        overlap = ephemeral_overlap(self.pool.low, self.pool.high)
-        if overlap is not None:
-            log.info(
-                "talk ports {low}-{high} overlap the ephemeral range used by outgoing "
-                "connections; a port taken that way is skipped (bind retry)",
-                low=overlap[0], high=overlap[1],
-            )
+        warn_ephemeral_overlap(self.pool.low, self.pool.high)
 
     def stopService(self) -> Deferred[None]:
         """Stop the children one at a time, last added first (MultiService stops them at once)."""

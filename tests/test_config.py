@@ -36,7 +36,7 @@ def test_embedded_defaults() -> None:
     config = parse()
     assert config == ServiceConfig()
     assert config.api == DEFAULT_API == "tcp:8080:interface=127.0.0.1"
-    assert config.port_range == (30000, 35000)
+    assert config.port_range == (20000, 24999)
     assert (config.media_interface, config.wait_timeout, config.secret) == ("", 5.0, None)
 
 

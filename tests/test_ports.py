@@ -375,7 +375,7 @@ def test_parse_port_range_accepts(text: str, expected: tuple[int, int]) -> None:
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ("", "is not LO-HI with whole numbers, e.g. 30000-35000"),
+        ("", "is not LO-HI with whole numbers, e.g. 20000-24999"),
         ("abc", "'abc' is not LO-HI with whole numbers"),
         ("-30000", "is not LO-HI"),
         ("30000-31000-32000", "is not LO-HI"),

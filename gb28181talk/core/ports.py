@@ -29,7 +29,16 @@ from twisted.logger import Logger
 
 from gb28181talk.errors import PoolExhaustedError, PortError, PortInUseError
 
-DEFAULT_PORT_RANGE = (30000, 35000)
+DEFAULT_PORT_RANGE = (20000, 24999)
+"""Talk ports by default: 5,000 (2,500 even/odd pairs), below Linux's ephemeral range.
+
+Linux gives outgoing connections (webhooks, the devices' own, anything else
+on the host) local ports from ``net.ipv4.ip_local_port_range``, 32768-60999
+by default; a pool inside it now and then finds a port taken that way.
+ZLMediaKit's 30000-35000 overlaps it, so ours is 20000-24999 instead.
+"""
+EPHEMERAL_RANGE_PATH = "/proc/sys/net/ipv4/ip_local_port_range"
+"""Where Linux says which local ports it hands to outgoing connections."""
 LOWEST_PORT = 1024
 HIGHEST_PORT = 65535
 DEFAULT_BIND_ATTEMPTS = 8
@@ -45,7 +54,7 @@ def parse_port_range(text: str) -> tuple[int, int]:
         high = int(high_text) if dash else low
     except ValueError:
         raise PortError(
-            f"port range {text!r} is not LO-HI with whole numbers, e.g. 30000-35000"
+            f"port range {text!r} is not LO-HI with whole numbers, e.g. 20000-24999"
         ) from None
     check_port_range(low, high)
     return low, high
@@ -60,21 +69,44 @@ def check_port_range(low: int, high: int) -> None:
         )
 
 
-def ephemeral_overlap(
-    low: int, high: int, path: str = "/proc/sys/net/ipv4/ip_local_port_range"
-) -> tuple[int, int] | None:
+def ephemeral_range(path: str | None = None) -> tuple[int, int] | None:
+    """The local ports Linux hands to outgoing connections, or None when unknown."""
+    try:
+        with open(path or EPHEMERAL_RANGE_PATH) as ranges:
+            eph_low, eph_high = (int(part) for part in ranges.read().split())
+    except (OSError, ValueError):
+        return None
+    return eph_low, eph_high
+
+
+def ephemeral_overlap(low: int, high: int, path: str | None = None) -> tuple[int, int] | None:
     """The part of ``low..high`` that Linux also hands to outgoing connections, if any.
 
     Such ports are now and then taken by some outgoing connection; bind retries
     absorb that, but an operator should know (see docs/performance notes).
     """
-    try:
-        with open(path) as ranges:
-            eph_low, eph_high = (int(part) for part in ranges.read().split())
-    except (OSError, ValueError):
+    ephemeral = ephemeral_range(path)
+    if ephemeral is None:
         return None
-    start, end = max(low, eph_low), min(high, eph_high)
+    start, end = max(low, ephemeral[0]), min(high, ephemeral[1])
     return (start, end) if start <= end else None
+
+
+def warn_ephemeral_overlap(low: int, high: int, path: str | None = None) -> tuple[int, int] | None:
+    """Log one warning when talk ports ``low..high`` overlap the ephemeral range (at start)."""
+    overlap = ephemeral_overlap(low, high, path)
+    ephemeral = ephemeral_range(path)
+    if overlap is not None and ephemeral is not None:
+        log.warn(
+            "talk ports {low}-{high} overlap this host's ephemeral range {eph_low}-{eph_high} "
+            "(net.ipv4.ip_local_port_range) in {start}-{end}: outgoing connections take ports "
+            "there, so some talk ports will now and then be busy (skipped by bind retry); "
+            "move --port-range outside it, e.g. {default_low}-{default_high}",
+            low=low, high=high, eph_low=ephemeral[0], eph_high=ephemeral[1],
+            start=overlap[0], end=overlap[1],
+            default_low=DEFAULT_PORT_RANGE[0], default_high=DEFAULT_PORT_RANGE[1],
+        )
+    return overlap
 
 
 @dataclass(eq=False, slots=True)
