@@ -90,9 +90,7 @@ class ILiveSource(IAudioSource):
 class IPushSource(ILiveSource):
     """A live source fed by one pusher at a time (a WebSocket client) with encoded bytes.
 
-    A pusher is any object with a ``peer`` (str, shown in listings) and
-    ``source_closed(reason)``, which the source calls when it is deleted so
-    the pusher can hang up saying why.
+    Its pusher provides :class:`IPusher` (the web layer's WebSocket protocol).
     """
 
     format = Attribute("What the pushed bytes hold: 'pcm16', 'alaw' or 'ulaw' (str).")
@@ -106,6 +104,15 @@ class IPushSource(ILiveSource):
 
     def release(pusher: Any) -> bool:
         """``pusher`` left: stop flow-controlling it, play its last audio; False if not ours."""
+
+
+class IPusher(Interface):
+    """Whoever pushes into an :class:`IPushSource` (a WebSocket client's protocol)."""
+
+    peer = Attribute("Where the pusher is, ``host:port``, shown in the source's listing (str).")
+
+    def source_closed(reason: str) -> None:
+        """The push source was deleted: hang up, telling the client ``reason``."""
 
 
 class IAudioSink(Interface):

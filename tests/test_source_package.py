@@ -9,9 +9,10 @@ from typing import Any
 
 from twisted.internet.task import Clock
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from gb28181talk.core.pacer import Pacer, SourceTap
-from gb28181talk.interfaces import FRAME_BYTES, IAudioSource, ILiveSource
+from gb28181talk.interfaces import FRAME_BYTES, IAudioSource, ILiveSource, IPusher
 from gb28181talk.sources.live import LiveSource
 from gb28181talk.sources.push import PushSource
 from gb28181talk.testing import ListSource
@@ -132,8 +133,9 @@ def test_the_pacer_goes_by_the_declared_interface_not_by_an_attribute_name() -> 
 # --------------------------------------------------------------------------- the pusher
 
 
+@implementer(IPusher)
 class RecordingPusher:
-    """A pusher as IPushSource describes it: a peer and source_closed."""
+    """A pusher as IPusher describes it: a peer and source_closed."""
 
     peer = "10.0.0.7:4000"
 
@@ -147,6 +149,7 @@ class RecordingPusher:
 def test_deleting_a_push_source_tells_its_pusher_why() -> None:
     source = PushSource("live", "p")
     pusher = RecordingPusher()
+    assert verifyObject(IPusher, pusher)
     assert source.claim(pusher)
     assert source.describe()["pusher"] == "10.0.0.7:4000"
     source.close()
@@ -169,6 +172,7 @@ class FakeWebSocket:
 def test_the_web_pusher_hangs_up_with_1001_when_its_source_is_deleted() -> None:
     source = PushSource("live", "p")
     pusher = PushProtocol(source, "10.0.0.7:4000")
+    assert verifyObject(IPusher, pusher)
     socket = FakeWebSocket()
     pusher.negotiationStarted(socket)  # type: ignore[arg-type]
     pusher.negotiationFinished()

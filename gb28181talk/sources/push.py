@@ -64,7 +64,7 @@ class PushSource(LiveSource):
         self._carry = b""
         self._resampler: Any = self._new_resampler()
         self.pusher: Any = None
-        """The connected pusher (the web layer's ``PushProtocol``), or None."""
+        """The connected pusher (an IPusher: the web layer's ``PushProtocol``), or None."""
         self._bytes_received = 0
         self._messages_received = 0
         self._pushers_total = 0

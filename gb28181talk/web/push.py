@@ -43,7 +43,7 @@ from wsproto.utilities import RemoteProtocolError
 from zope.interface import implementer
 
 from gb28181talk.errors import SourceError
-from gb28181talk.interfaces import IPushSource
+from gb28181talk.interfaces import IPusher, IPushSource
 from gb28181talk.sources.registry import SourceRegistry
 
 if TYPE_CHECKING:
@@ -93,11 +93,12 @@ class _ReadPauser:
             self._network.loseConnection()
 
 
+@implementer(IPusher)
 class PushProtocol:
     """One pusher's WebSocket: binary messages are audio for its push source.
 
     ``source`` provides :class:`~gb28181talk.interfaces.IPushSource`; the
-    protocol is its pusher (``peer``, :meth:`source_closed`).
+    protocol is its :class:`~gb28181talk.interfaces.IPusher`.
     """
 
     def __init__(self, source: PushSource, peer: str) -> None:
