@@ -97,7 +97,7 @@ class TalkPoolMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def second_device_is_refused(self, data: st.DataObject) -> None:
         session = data.draw(st.sampled_from(self._live(SessionState.STREAMING)))
-        assert session.buildProtocol(IPv4Address("TCP", "127.0.0.3", 5)) is None
+        assert session.transport.buildProtocol(IPv4Address("TCP", "127.0.0.3", 5)) is None
 
     @precondition(lambda self: self._live(SessionState.STREAMING))
     @rule(data=st.data())

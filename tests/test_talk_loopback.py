@@ -80,7 +80,7 @@ class LoopbackTalkTests(TestCase):
     def test_talk_socket_has_nagle_off(self):
         session = self.manager.start(SessionParams(key=key()), ListSource.counting(50, loop=True))
         yield connect_device(session.port)
-        server_socket = session._protocol.transport.getHandle()
+        server_socket = session.transport.link.transport.getHandle()
         self.assertTrue(server_socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
     @inlineCallbacks
@@ -201,10 +201,10 @@ class LoopbackTalkTests(TestCase):
         stuck.connect(("127.0.0.1", session.port))  # and never reads
         for _ in range(100):
             yield sleep(0.1)
-            if session._writer is not None and session._writer.queued:
+            if session.transport.link is not None and session.transport.link.queued:
                 break
-        self.assertTrue(session._writer.queued, "bytes wait in Twisted's buffer")
-        server_socket = session._protocol.transport.getHandle()
+        self.assertTrue(session.transport.link.queued, "bytes wait in Twisted's buffer")
+        server_socket = session.transport.link.transport.getHandle()
         session.stop()
         yield sleep(0.1)
         self.assertEqual(server_socket.fileno(), -1, "the talk socket is closed, not draining")

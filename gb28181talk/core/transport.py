@@ -1,0 +1,87 @@
+"""How a talk session gets its device: the transport interfaces between the two.
+
+A transport delivers one connected device to its talk session and nothing
+else: the passive acceptor (:mod:`gb28181talk.core.passive`: a leased port,
+the first device to dial in wins) today; an active connector (we dial the
+device) and a UDP sender (we send datagrams to the device) are further
+providers of :class:`ITalkTransport`, written without touching the lifecycle,
+the sender or the receiver.
+
+The session gives the transport an :class:`IDeviceHost` (itself) to report
+to; the transport hands back one :class:`IDeviceLink`, the device as the
+sender writes to it: one call per RTP packet, ``header`` then ``payload``.
+A stream link asks for RFC 4571's 2-byte length before each packet (or none,
+as the caller chose); a datagram link always asks for none, one datagram per
+write.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IDeviceLink(Interface):
+    """One connected device, as the talk session's sender writes to it and ends it."""
+
+    peer = Attribute("The device's (host, port).")
+    framing = Attribute(
+        "The framing every packet needs on this link (media.framing.Framing): RFC4571 "
+        "(the 14-byte header with its length) or NONE (the bare 12-byte header; "
+        "always NONE for datagrams)."
+    )
+    queued = Attribute("Bytes accepted but not yet taken by the kernel (int; 0 for datagrams).")
+
+    def write(header: bytes, payload: bytes) -> bool:
+        """Send one RTP packet, ``header + payload``, in order; False if it was dropped.
+
+        A drop means the device does not keep up (a stream's bounded backlog is full);
+        the link then reports ``send_stalled`` to its host, and ``send_drained`` once it
+        catches up.
+        """
+
+    def close(abort: bool) -> None:
+        """End the connection now; ``abort`` (or bytes still queued) drops what is unsent.
+
+        Harmless once the device has gone.
+        """
+
+
+class IDeviceHost(Interface):
+    """What a transport tells its talk session (the session provides this)."""
+
+    def device_connected(link: IDeviceLink) -> None:
+        """The device is here: the session streams to ``link`` from now on."""
+
+    def device_refused(peer: tuple[str, int], why: str) -> None:
+        """A device was turned away (not the expected one, or the place was taken)."""
+
+    def data_from_device(data: bytes) -> None:
+        """Bytes the device sent: framed RTP of two-way talk, or anything."""
+
+    def device_closed(why: str) -> None:
+        """The device hung up or the connection broke."""
+
+    def send_stalled() -> None:
+        """The link is dropping packets: the device stopped reading."""
+
+    def send_drained() -> None:
+        """The link caught up after ``send_stalled``."""
+
+
+class ITalkTransport(Interface):
+    """Delivers one connected device to one talk session."""
+
+    port = Attribute("The local port the device is to reach (int; 0 until opened).")
+
+    def open(host: IDeviceHost) -> int:
+        """Start waiting for the device on behalf of ``host``; returns the local port.
+
+        Raises PortError (PortInUseError, PoolExhaustedError) if nothing could be
+        opened; then nothing is held.  At most one ``host.device_connected`` follows.
+        """
+
+    def close() -> None:
+        """Stop waiting: release what waiting holds (a port lease, a pending connect).
+
+        Idempotent; a link already delivered lives on (the session closes it).
+        """
