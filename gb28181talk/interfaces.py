@@ -151,11 +151,28 @@ class ITalkSignalling(Interface):
     A GB28181 SIP UAS (ours, or one already in an existing Twisted SIP stack)
     calls :meth:`prepare` when it has the device's SDP offer, puts the returned
     SDP answer in its 200 OK (the port is already listening, as Dahua devices
-    connect before ACK), and calls :meth:`release` on BYE or failure.
+    connect before ACK), may wait on :meth:`when_ended` to send BYE when the
+    media ends first, and calls :meth:`release` on BYE, CANCEL or failure.
+
+    The Call-ID is the session's identity: two calls are two sessions even
+    with the same ``y=``; the same Call-ID with the same offer (a retransmitted
+    INVITE) gets the same session and port; with another offer (a re-INVITE)
+    the call's session is replaced.  A two-way offer (``sendrecv``/``sendonly``)
+    publishes and records the device's voice as the HTTP APIs' two-way talk does.
     """
 
     def prepare(call_id: str, offer_sdp: str, source_app: str, source_stream: str) -> str:
-        """Open a passive talk port for the call and return the SDP answer text."""
+        """Open a passive talk port for the call and return the SDP answer text.
+
+        Raises ``SdpError`` for an offer that cannot be served (answer 488) and
+        other ``GbTalkError`` subclasses for a refusal (no source, no port,
+        shutting down: answer 503 or 488).
+        """
 
     def release(call_id: str) -> None:
         """End the call's talk session (reason ``stopped``); harmless if already ended."""
+
+    def when_ended(call_id: str) -> Any:
+        """A Deferred firing with the end reason (``device-closed``, ``timeout``, ...) once the
+        call's media ends and is not replaced by a re-INVITE; fails with ``SessionNotFound``
+        if the call has no live session."""

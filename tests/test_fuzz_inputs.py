@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from gb28181talk.core.manager import SessionManager
 from gb28181talk.core.params import SessionState
 from gb28181talk.core.ports import PortPool
+from gb28181talk.core.talk import TalkControl
 from gb28181talk.errors import GbTalkError
 from gb28181talk.interfaces import FRAME_BYTES
 from gb28181talk.media.law import Law
@@ -138,8 +139,8 @@ def test_device_offers_get_an_answer_or_a_refusal_and_leak_nothing(
     manager = SessionManager(reactor, PortPool(reactor, 30000, 30003))
     sources = SourceRegistry()
     sources.add(ToneSource("broadcast", "announce"))
-    signalling = TalkSignalling(manager, sources, advertise_ip="198.51.100.5",
-                                restrict_peer=True)
+    signalling = TalkSignalling(TalkControl(reactor, manager, sources),
+                                advertise_ip="198.51.100.5", restrict_peer=True)
     for offer, call_id, release in batch:
         try:
             answer = signalling.prepare(call_id, offer, "broadcast", "announce")
