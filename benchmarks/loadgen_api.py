@@ -40,10 +40,12 @@ from typing import Any
 
 from benchlib import percentile, summary
 
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
-_TIMESPEC = struct.Struct("@qq")
-_RTP_SEQ_TS = struct.Struct("!xxHI")
-ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
+from gb28181talk.device.media import Depth, DeviceMedia
+from gb28181talk.device.timed import TimedReader, enable_kernel_timestamps
+from gb28181talk.errors import FramingError
+from gb28181talk.media.framing import Framing, frame_rfc4571
+from gb28181talk.media.rtp import RtpPacket
+
 DRAIN_CHUNK = 256
 """Drained sockets read between two looks at the sampled ones."""
 
@@ -233,14 +235,15 @@ def stop_path(app: str, stream: str, ssrc: int) -> tuple:
 
 
 class Device:
-    """One device's TCP connection to its talk port.
+    """One device's TCP connection to its talk port, heard by the package's device media core.
 
-    Sampled devices read packet by packet (length, then body) so each recvmsg
-    covers one packet and its kernel timestamp is that packet's arrival.
+    Sampled devices read packet by packet (the core's timed reader asks for one
+    frame per recvmsg) so each packet's kernel timestamp is its arrival, and the
+    core keeps each packet's header (one struct unpack); the rest only count bytes.
     """
 
     def __init__(self, loop: Loop, port: int, sampled: bool, host: str = "127.0.0.1",
-                 rcvbuf: int | None = None) -> None:
+                 rcvbuf: int | None = None, clock_rate: int | None = None) -> None:
         self.loop = loop
         self.rcvbuf = rcvbuf
         self.port = port
@@ -253,15 +256,19 @@ class Device:
         self.connect_started = 0.0
         self.connected_at = 0.0
         self.first_packet_at = 0.0
-        self.bytes = 0
         self.on_connected: Callable[[Device], None] | None = None
         self.on_first_packet: Callable[[Device], None] | None = None
         self.on_closed: Callable[[Device], None] | None = None
-        # sampled reading
-        self._need = 2
-        self._header = True
-        self._part = bytearray()
-        self.arrivals: list[tuple[float, int, int]] = []  # (arrival, seq, rtp ts)
+        self.media = (
+            DeviceMedia(Depth.HEADERS, Framing.RFC4571, clock_rate=clock_rate, timeline=True)
+            if sampled else DeviceMedia(Depth.BYTES)
+        )
+        self._reader: TimedReader | None = None
+
+    @property
+    def bytes(self) -> int:
+        """Bytes heard, framing included."""
+        return self.media.stream_bytes
 
     def connect(self) -> None:
         """Dial the talk port without blocking."""
@@ -270,7 +277,8 @@ class Device:
         if self.rcvbuf is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
         if self.sampled:
-            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            enable_kernel_timestamps(sock)
+            self._reader = TimedReader(sock, self.media)
         self.sock = sock
         self.connect_started = time.time()
         code = sock.connect_ex((self.host, self.port))
@@ -309,14 +317,12 @@ class Device:
         else:
             self.drain()
 
-    def _got_bytes(self, count: int, when: float) -> None:
-        if not self.bytes and count:
-            self.first_packet_at = when
-            self.bytes += count
+    def _heard(self, before: int) -> None:
+        """After a read: the device's first bytes make its first packet."""
+        if not before and self.media.first_arrival is not None:
+            self.first_packet_at = self.media.first_arrival
             if self.on_first_packet is not None:
                 self.on_first_packet(self)
-            return
-        self.bytes += count
 
     def _peer_closed(self) -> None:
         self.closed_by_peer = True
@@ -329,7 +335,9 @@ class Device:
         sock = self.sock
         if sock is None:
             return 0
-        total = 0
+        media = self.media
+        before = media.stream_bytes
+        now = 0.0
         while True:
             try:
                 data = sock.recv(65536)
@@ -340,50 +348,26 @@ class Device:
             if not data:
                 self._peer_closed()
                 break
-            total += len(data)
+            now = now or time.time()
+            media.receive(data, now)
             if len(data) < 65536:
                 break
-        if total:
-            self._got_bytes(total, time.time())
-        return total
+        self._heard(before)
+        return media.stream_bytes - before
 
     def _read_packets(self) -> None:
-        sock = self.sock
-        while sock is not None:
-            try:
-                data, ancillary, _flags, _ = sock.recvmsg(self._need, ANCILLARY)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                data, ancillary = b"", []
-            if not data:
-                self._peer_closed()
-                return
-            arrival = 0.0
-            for level, kind, value in ancillary:
-                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-                    seconds, nanos = _TIMESPEC.unpack(value[: _TIMESPEC.size])
-                    arrival = seconds + nanos * 1e-9
-            if not arrival:
-                arrival = time.time()
-            self._got_bytes(len(data), arrival)
-            self._part += data
-            self._need -= len(data)
-            if self._need:
-                continue
-            if self._header:
-                self._header = False
-                self._need = int.from_bytes(self._part, "big")
-                self._part.clear()
-                if self._need < 12:
-                    self._fail(f"a framed packet of {self._need} bytes is not RTP")
-                    return
-            else:
-                seq, stamp = _RTP_SEQ_TS.unpack_from(self._part)
-                self.arrivals.append((arrival, seq, stamp))
-                self._part.clear()
-                self._header = True
-                self._need = 2
+        reader = self._reader
+        if reader is None or self.sock is None:
+            return
+        before = self.media.stream_bytes
+        try:
+            reader.read()
+        except FramingError as error:
+            self._fail(f"the talk stream is not RFC 4571 RTP: {error}")
+            return
+        self._heard(before)
+        if reader.closed:
+            self._peer_closed()
 
     def send(self, data: bytes) -> None:
         """Device to service (small amounts: a loopback socket buffer takes them at once)."""
@@ -402,31 +386,21 @@ class Device:
         sock.close()
 
 
-def packet_figures(
-    devices: list[Device], start: float, end: float, clock_rate: int, bound_ms: float
-) -> dict[str, Any]:
+def packet_figures(devices: list[Device], start: float, end: float, bound_ms: float
+                   ) -> dict[str, Any]:
     """Jitter, loss and lateness of the sampled devices' packets that arrived in [start, end]."""
     jitters: list[float] = []
-    lost = late = packets = 0
+    lost = packets = 0
     for device in devices:
-        previous: tuple[float, int, int] | None = None
-        for arrival in device.arrivals:
-            if not start <= arrival[0] <= end:
-                previous = arrival if arrival[0] < start else previous
-                continue
-            packets += 1
-            if previous is not None:
-                gap = (arrival[2] - previous[2]) % 2**32 / clock_rate
-                jitter = abs((arrival[0] - previous[0]) - gap) * 1000
-                jitters.append(jitter)
-                late += jitter > bound_ms
-                lost += (arrival[1] - previous[1] - 1) % 65536
-            previous = arrival
+        figures = device.media.figures(since=start, until=end)
+        packets += figures.packets
+        lost += figures.lost
+        jitters.extend(gap.jitter_ms for gap in device.media.gaps(since=start, until=end))
     return {
         "sampled_devices": len(devices),
         "packets": packets,
         "lost": lost,
-        "late": late,
+        "late": sum(jitter > bound_ms for jitter in jitters),
         "jitter_ms": summary(jitters),
         "jitter_p999_ms": round(percentile(jitters, 0.999), 3),
     }
@@ -494,7 +468,8 @@ def mode_stream(job: dict[str, Any]) -> dict[str, Any]:
     for index, port in enumerate(ports):
         if port is None:
             continue
-        device = Device(loop, port, sampled=index % sample_every == 0)
+        device = Device(loop, port, sampled=index % sample_every == 0,
+                        clock_rate=job.get("clock_rate"))
         devices.append(device)
         loop.call_at(t0 + connect_seconds * index / max(count, 1), device.connect)
     drained = [device for device in devices if not device.sampled]
@@ -525,8 +500,7 @@ def mode_stream(job: dict[str, Any]) -> dict[str, Any]:
     log_event("measured")
     loadgen_cpu = (cpu_seconds() - cpu_measure0) / duration * 100
     figures = packet_figures(
-        sampled, measure_start_wall, measure_end_wall, job.get("clock_rate", 8000),
-        job.get("jitter_bound_ms", 5.0),
+        sampled, measure_start_wall, measure_end_wall, job.get("jitter_bound_ms", 5.0)
     )
     closed_early = sum(d.closed_by_peer for d in devices)
     drained_bytes = sum(d.bytes for d in drained)
@@ -654,8 +628,8 @@ FAULT_KINDS = ("two-way-garbage", "oversized-frame", "wrong-ssrc", "connects-twi
 
 def device_rtp(sequence: int, ssrc: int) -> bytes:
     """One RFC 4571-framed PCMA packet as a device sends it."""
-    return struct.pack("!HBBHII", 172, 0x80, 8, sequence & 0xFFFF, sequence * 160, ssrc) + (
-        b"\xd5" * 160)
+    packet = RtpPacket(8, sequence & 0xFFFF, sequence * 160 & 0xFFFFFFFF, ssrc, b"\xd5" * 160)
+    return frame_rfc4571(packet.encode())
 
 
 def mode_churn(job: dict[str, Any]) -> dict[str, Any]:

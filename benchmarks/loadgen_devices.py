@@ -5,7 +5,9 @@ over ``--connect-seconds``), then reads everything for ``--duration`` seconds.
 A sample of the connections (``--sample``) is decoded precisely: per packet,
 the arrival gap is compared with the RTP timestamp gap (jitter =
 |arrival gap − timestamp gap|) and sequence gaps count as lost.  The rest are
-drained cheaply (bytes counted).  Prints one JSON object on standard output.
+drained cheaply (bytes counted).  Both are heard by the package's device media
+core: header-only with a timeline for the sample, byte counts for the rest.
+Prints one JSON object on standard output.
 
 Used by benchmarks/session_cost.py and benchmarks/service_load.py; runnable by
 hand: ``echo '[30001, 30002]' | python benchmarks/loadgen_devices.py``.
@@ -17,42 +19,11 @@ import argparse
 import json
 import selectors
 import socket
-import struct
 import sys
 import time
 
-_FRAMED_HEADER = struct.Struct("!HBBHII")
-
-
-class SampledDevice:
-    """A device whose every packet is timed and checked."""
-
-    def __init__(self, clock_rate: int) -> None:
-        self.buffer = bytearray()
-        self.clock_rate = clock_rate
-        self.packets = 0
-        self.lost = 0
-        self.last_seq: int | None = None
-        self.last_ts = 0
-        self.last_arrival = 0.0
-        self.jitters_ms: list[float] = []
-
-    def feed(self, data: bytes, now: float, measuring: bool) -> None:
-        self.buffer += data
-        offset = 0
-        size = len(self.buffer)
-        while size - offset >= 14:
-            length, _, _, seq, ts, _ = _FRAMED_HEADER.unpack_from(self.buffer, offset)
-            if size - offset < 2 + length:
-                break
-            offset += 2 + length
-            self.packets += 1
-            if self.last_seq is not None and measuring:
-                self.lost += (seq - self.last_seq - 1) % 65536
-                expected = ((ts - self.last_ts) % 2**32) / self.clock_rate
-                self.jitters_ms.append(abs((now - self.last_arrival) - expected) * 1000)
-            self.last_seq, self.last_ts, self.last_arrival = seq, ts, now
-        del self.buffer[:offset]
+from gb28181talk.device.media import Depth, DeviceMedia
+from gb28181talk.media.framing import Framing
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -66,8 +37,7 @@ def percentile(values: list[float], fraction: float) -> float:
 def run(ports: list[int], args: argparse.Namespace) -> dict:
     selector = selectors.DefaultSelector()
     sampled_every = max(1, len(ports) // max(args.sample, 1))
-    devices: dict[socket.socket, SampledDevice | None] = {}
-    drained_bytes = 0
+    devices: dict[socket.socket, DeviceMedia] = {}
     refused = 0
     start = time.monotonic()
     for index, port in enumerate(ports):
@@ -81,7 +51,10 @@ def run(ports: list[int], args: argparse.Namespace) -> dict:
             refused += 1
             continue
         sock.setblocking(False)
-        device = SampledDevice(args.clock_rate) if index % sampled_every == 0 else None
+        device = (
+            DeviceMedia(Depth.HEADERS, Framing.RFC4571, clock_rate=args.clock_rate, timeline=True)
+            if index % sampled_every == 0 else DeviceMedia(Depth.BYTES)
+        )
         devices[sock] = device
         selector.register(sock, selectors.EVENT_READ, device)
     connected_at = time.monotonic()
@@ -103,13 +76,12 @@ def run(ports: list[int], args: argparse.Namespace) -> dict:
                 devices.pop(sock, None)
                 closed += 1
                 continue
-            now = time.monotonic()
-            if key.data is None:
-                drained_bytes += len(data)
-            else:
-                key.data.feed(data, now, now >= measure_from)
-    sampled = [device for device in devices.values() if device is not None]
-    jitters = [j for device in sampled for j in device.jitters_ms]
+            key.data.receive(data, time.monotonic())
+    sampled = [device for device in devices.values() if device.depth is Depth.HEADERS]
+    drained_bytes = sum(device.stream_bytes for device in devices.values()
+                        if device.depth is Depth.BYTES)
+    measured = [device.figures(since=measure_from) for device in sampled]
+    jitters = [gap.jitter_ms for device in sampled for gap in device.gaps(since=measure_from)]
     for sock in list(devices):
         sock.close()
     return {
@@ -119,8 +91,8 @@ def run(ports: list[int], args: argparse.Namespace) -> dict:
         "closed_early": closed,
         "sampled": len(sampled),
         "measured_seconds": args.duration,
-        "packets_sampled": sum(d.packets for d in sampled),
-        "lost_sampled": sum(d.lost for d in sampled),
+        "packets_sampled": sum(device.figures().packets for device in sampled),
+        "lost_sampled": sum(figures.lost for figures in measured),
         "jitter_p50_ms": round(percentile(jitters, 0.50), 3),
         "jitter_p99_ms": round(percentile(jitters, 0.99), 3),
         "jitter_max_ms": round(max(jitters, default=0.0), 3),
