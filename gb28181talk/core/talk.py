@@ -134,8 +134,8 @@ class TalkControl:
         to close is refused with PortBusy instead (a pool port never waits).
         """
         outcome: list[Any] = []
-        self.start(request).addBoth(outcome.append)
-        (result,) = outcome
+        Deferred.fromCoroutine(self._start(request, can_wait=False)).addBoth(outcome.append)
+        (result,) = outcome  # without waiting, the coroutine has finished
         if isinstance(result, Failure):
             result.raiseException()
         return result  # type: ignore[no-any-return]
