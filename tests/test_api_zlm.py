@@ -232,7 +232,7 @@ class ZlmApiTests(unittest.TestCase):
 
     @async_test
     async def test_unknown_zlm_api_is_a_json_404(self) -> None:
-        reply = await self.harness.zlm("getServerConfig")
+        reply = await self.harness.zlm("addStreamProxy")
         assert reply.status == 404
         assert reply.json["code"] == codes.NOT_FOUND
         assert "startSendRtpPassive" in reply.json["msg"]
