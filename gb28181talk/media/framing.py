@@ -177,6 +177,22 @@ class FrameDecoder:
             return []
         buffer = self._buffer
         buffer += data
+        if self._mode is Framing.RFC4571:
+            # Fast path for a reader that reads a frame's length, then its body: a frame still
+            # incomplete, or exactly one complete frame held.  Anything else (an invalid length
+            # among them) takes the general path below.
+            held = len(buffer)
+            if held < 2:
+                return []
+            length = (buffer[0] << 8) | buffer[1]
+            if 0 < length <= self._max_frame:
+                if held < 2 + length:
+                    return []
+                if held == 2 + length:
+                    packet = bytes(buffer[2:])
+                    buffer.clear()
+                    self._consumed += held
+                    return [packet]
         try:
             if self._mode is None:
                 self._mode = self._detect()
