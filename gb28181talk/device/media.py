@@ -134,6 +134,7 @@ class DeviceMedia:
         """When the first bytes came."""
         self.last_arrival: float | None = None
         """When the latest bytes came."""
+        self._feed = None if depth is Depth.BYTES else self._decoder.feed
         self._take = {
             Depth.BYTES: self._take_nothing,
             Depth.HEADERS: self._take_header,
@@ -148,20 +149,22 @@ class DeviceMedia:
         FramingError if the stream is not framed RTP; the stream is then lost and every later
         call raises the same error.
         """
-        size = len(data)
-        if not size:
+        if not data:
             return 0
-        self.stream_bytes += size
+        self.stream_bytes += len(data)
         if self.first_arrival is None:
             self.first_arrival = at
         self.last_arrival = at
-        if self._depth is Depth.BYTES:
+        feed = self._feed
+        if feed is None:
             return 0
         try:
-            frames = self._decoder.feed(data)
+            frames = feed(data)
         except FramingError as error:
             self._error = error
             raise
+        if not frames:
+            return 0
         take = self._take
         for frame in frames:
             take(frame, at)
@@ -294,9 +297,7 @@ class DeviceMedia:
 
         A timed reader reads exactly this many so each read carries one packet's timestamp.
         """
-        if self._depth is Depth.BYTES:
-            return 0
-        return self._decoder.wanted
+        return 0 if self._feed is None else self._decoder.wanted
 
     @property
     def error(self) -> FramingError | None:
