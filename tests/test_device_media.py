@@ -37,7 +37,7 @@ from gb28181talk.device.protocol import (
     DeviceMediaFactory,
     DeviceMediaProtocol,
 )
-from gb28181talk.device.timed import TimedReader
+from gb28181talk.device.timed import SO_TIMESTAMPNS, TimedReader, kernel_arrival
 from gb28181talk.device.voice import DeviceVoice
 from gb28181talk.errors import FramingError, MediaError, RtpError
 from gb28181talk.media import g711
@@ -339,6 +339,27 @@ def test_a_timed_reader_reads_one_frame_per_read(framing: Framing) -> None:
     finally:
         ours.close()
         theirs.close()
+
+
+def test_a_detecting_reader_is_told_how_much_completes_each_frame() -> None:
+    media = DeviceMedia(Depth.HEADERS, timeline=True)
+    stream = b"".join(frame(rtp(n), Framing.RFC4571) for n in range(3))
+    reads = []
+    while stream:
+        wanted = media.wanted
+        reads.append(wanted)
+        media.receive(stream[:wanted], 0.0)
+        stream = stream[wanted:]
+    assert reads == [3, 171, 2, 172, 2, 172]
+    assert len(media.arrivals) == 3
+    assert DeviceMedia(Depth.BYTES).wanted == 0
+    assert DeviceMedia(framing=Framing.NONE).wanted == 0
+
+
+def test_the_kernel_stamp_is_read_from_the_ancillary_data() -> None:
+    stamp = struct.pack("@qq", 1_700_000_000, 250_000_000)
+    assert kernel_arrival([(socket.SOL_SOCKET, SO_TIMESTAMPNS, stamp)]) == 1_700_000_000.25
+    assert kernel_arrival([]) is None
 
 
 # --- the Twisted adapters ------------------------------------------------------------------
