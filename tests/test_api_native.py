@@ -154,7 +154,9 @@ class NativeApiTests(unittest.TestCase):
             raw_body=b'{"app": "broadcast", "stream": "curl", "kind": "tone"}',
             headers={"content-type": "application/x-www-form-urlencoded"},
         )
-        assert curl_style.json["code"] == 0, "curl -d without a JSON content type still works"
+        assert (curl_style.status, curl_style.json["code"]) == (415, codes.INVALID_ARGS), (
+            "JSON only as application/json (a page can send a form without asking)")
+        assert "Content-Type: application/json" in curl_style.json["msg"]
 
     # -- sessions
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -23,12 +23,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from gb28181talk.web import codes
+from gb28181talk.web.body import MAX_BODY_BYTES, parse_body
+from gb28181talk.web.crosssite import SiteGuard
 from gb28181talk.web.errors import ApiError, api_error
 
 log = Logger()
-
-MAX_BODY_BYTES = 1024 * 1024
-"""Largest request body read; API bodies are a few hundred bytes."""
 
 
 def not_found(path: str, hint: str) -> ApiError:
@@ -37,6 +36,21 @@ def not_found(path: str, hint: str) -> ApiError:
 
 
 # --------------------------------------------------------------------------- arguments
+
+
+def query_of(uri: bytes) -> dict[str, str]:
+    """The query-string arguments of a request URI (the last of repeated names wins)."""
+    raw = urlsplit(uri.decode("latin-1")).query
+    return dict(parse_qsl(raw, keep_blank_values=True, encoding="utf-8", errors="replace"))
+
+
+def bearer_of(header: bytes | str | None) -> str | None:
+    """The token of an ``Authorization: Bearer`` header value, if it is one."""
+    if header is None:
+        return None
+    text = header.decode("latin-1") if isinstance(header, bytes) else header
+    scheme, _, token = text.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 class RequestArgs:
@@ -52,6 +66,11 @@ class RequestArgs:
         self._body_error: ApiError | None = None
 
     @property
+    def request(self) -> Request:
+        """The request these arguments are of."""
+        return self._request
+
+    @property
     def path(self) -> str:
         return self._request.path.decode("utf-8", "replace")
 
@@ -59,25 +78,19 @@ class RequestArgs:
     def query(self) -> dict[str, str]:
         """Query-string arguments (the last of repeated names wins)."""
         if self._query is None:
-            raw = urlsplit(self._request.uri.decode("latin-1")).query
-            self._query = dict(parse_qsl(raw, keep_blank_values=True, encoding="utf-8",
-                                         errors="replace"))
+            self._query = query_of(self._request.uri)
         return self._query
 
     @property
     def bearer(self) -> str | None:
         """The token of an ``Authorization: Bearer`` header, if any."""
-        header = self._request.getHeader(b"authorization")
-        if header is None:
-            return None
-        text = header.decode("latin-1") if isinstance(header, bytes) else header
-        scheme, _, token = text.strip().partition(" ")
-        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+        return bearer_of(self._request.getHeader(b"authorization"))
 
     def body(self) -> dict[str, Any]:
         """The body as a dict: a JSON object or a form (values as sent); {} when empty.
 
-        Raises ApiError (-300) for a body that is neither, or too big.
+        Raises ApiError (-300) for a body that is neither, too big, of another
+        content type, nested too deep or holding text that cannot be encoded.
         """
         if self._body_error is not None:
             raise self._body_error
@@ -99,28 +112,9 @@ class RequestArgs:
             raise ApiError(
                 codes.INVALID_ARGS, f"the request body is over {MAX_BODY_BYTES} bytes", 413
             )
-        if not data.strip():
-            return {}
-        kind = (self._request.getHeader(b"content-type") or b"")
-        kind_text = (kind.decode("latin-1") if isinstance(kind, bytes) else kind).lower()
-        looks_like_json = data.lstrip()[:1] in (b"{", b"[")
-        if kind_text.startswith("application/x-www-form-urlencoded") and not looks_like_json:
-            text = data.decode("utf-8", "replace")
-            return dict(parse_qsl(text, keep_blank_values=True))
-        try:
-            value = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise ApiError(
-                codes.INVALID_ARGS,
-                f"the request body is not valid JSON ({error}); send a JSON object, or a "
-                "form with Content-Type application/x-www-form-urlencoded",
-            ) from None
-        if not isinstance(value, dict):
-            raise ApiError(
-                codes.INVALID_ARGS,
-                f"the request body must be a JSON object, not a JSON {type(value).__name__}",
-            )
-        return value
+        kind = self._request.getHeader(b"content-type") or b""
+        kind_text = kind.decode("latin-1") if isinstance(kind, bytes) else kind
+        return parse_body(data, kind_text, self.path)
 
 
 def zlm_value(name: str, value: Any) -> str:
@@ -155,29 +149,54 @@ def zlm_args(args: RequestArgs) -> dict[str, str]:
 
 
 class Authenticator:
-    """Checks the API secret: a ``secret`` argument (query, form, JSON) or a bearer token."""
+    """Who may call: the API secret (query, form, JSON or bearer token) and the site checks.
 
-    def __init__(self, secret: str | None) -> None:
+    The site checks (web/crosssite.py) refuse requests a browser sends for a
+    page of another site and, with no secret, requests addressed by a name
+    that is not the API's own (DNS rebinding); ``own_hosts`` adds names to
+    localhost and the loopback addresses.
+    """
+
+    def __init__(self, secret: str | None, own_hosts: Iterable[str] = ()) -> None:
         self.secret = secret
+        self.site = SiteGuard(own_hosts)
+
+    def check_site(self, args: RequestArgs) -> None:
+        """Raise ApiError (-100, 403) for a cross-site request or a foreign Host."""
+        refusal = self.site.refusal(args.request, check_host=self.secret is None)
+        if refusal is not None:
+            raise refusal
+
+    def allows_before_body(self, uri: bytes, authorization: bytes | None) -> bool:
+        """Whether the request may send a full-size body: no secret is set, or the right one
+        is in the query string or a bearer header (seen before the body is read)."""
+        if self.secret is None:
+            return True
+        offered = bearer_of(authorization) or query_of(uri).get("secret")
+        return bool(offered) and hmac.compare_digest(
+            str(offered).encode("utf-8", "surrogatepass"), self.secret.encode("utf-8")
+        )
 
     def check(self, args: RequestArgs, body_secret: Callable[[], Any] | None = None) -> None:
-        """Raise ApiError (-100) unless the request carries the secret (when one is set)."""
+        """Raise ApiError (-100) unless the request passes the site checks and has the secret."""
+        self.check_site(args)
         if self.secret is None:
             return
         offered = args.bearer or args.query.get("secret")
+        unreadable = ""
         if offered is None and body_secret is not None:
             try:
                 offered = body_secret()
-            except ApiError:
-                offered = None
+            except ApiError as error:
+                offered, unreadable = None, f" (the body could not be read for it: {error.msg})"
         if offered is None or offered == "":
             raise ApiError(
                 codes.AUTH_FAILED,
                 "this API needs the secret: add secret=... to the request or send "
-                "'Authorization: Bearer ...'",
+                f"'Authorization: Bearer ...'{unreadable}",
             )
         if not isinstance(offered, str) or not hmac.compare_digest(
-            offered.encode("utf-8"), self.secret.encode("utf-8")
+            offered.encode("utf-8", "surrogatepass"), self.secret.encode("utf-8")
         ):
             raise ApiError(codes.AUTH_FAILED, "incorrect secret")
 
@@ -237,9 +256,13 @@ class JsonResource(Resource):
             return error_body(request, not_found(args.path, self.hint), True)
         method = request.method.decode("ascii", "replace").upper()
         try:
-            handler = self._handler(method, args)
-            if not self.public:
+            # Who may call comes first: a caller without the secret learns nothing,
+            # not even which methods a path takes.
+            if self.public:
+                self.auth.check_site(args)
+            else:
                 self.check_secret(args)
+            handler = self._handler(method, args)
             reply = handler(request, args)
         except Exception:
             return self._failure_body(request, Failure(), method, args)

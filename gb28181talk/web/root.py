@@ -15,6 +15,7 @@ from twisted.web.server import Request, Site
 from gb28181talk import __version__
 from gb28181talk.core.talk import TalkControl
 from gb28181talk.web import codes
+from gb28181talk.web.channel import ApiSite, LimitedRequest
 from gb28181talk.web.common import (
     Authenticator,
     JsonResource,
@@ -73,6 +74,9 @@ def build_root(
 ) -> Resource:
     """The whole resource tree of the service."""
     root = RootResource(auth)
+    for own_name in (control.advertise_ip, control.manager.pool.interface):
+        if own_name:
+            auth.site.add_host(own_name)  # the API's own names beside localhost (crosssite.py)
     index = Resource()
     index.putChild(b"api", ZlmApi(auth, control, wait_timeout))
     root.putChild(b"index", _Branch(auth, index))
@@ -99,7 +103,7 @@ class _Branch(Resource):
         return NotFoundResource(self.auth, True, _HINT).render(request)
 
 
-class JsonErrorRequest(Request):
+class JsonErrorRequest(LimitedRequest):
     """A request whose unexpected failures (outside our handlers) still answer JSON, not HTML."""
 
     def processingFailed(self, reason: Failure) -> Failure:
@@ -136,7 +140,8 @@ def access_log_line(timestamp: str, request: Request) -> str:
 
 def build_site(root: Resource) -> Site:
     """A Site for the tree: JSON even for failures, secrets kept out of the access log."""
-    site = Site(root, requestFactory=JsonErrorRequest, logFormatter=access_log_line)
+    site = ApiSite(root, getattr(root, "auth", None), requestFactory=JsonErrorRequest,
+                   logFormatter=access_log_line)
     site.displayTracebacks = False
     site.noisy = False
     return site
