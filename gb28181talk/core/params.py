@@ -98,6 +98,9 @@ class SessionParams:
     preroll_ms: int = 1000
     max_send_buffer: int = 32 * 1024
     stall_timeout: float = 5.0
+    ssrc_text: str | None = None
+    """The SSRC as the caller wrote it (``777``), echoed in hooks and listings as ZLMediaKit
+    does; None: shown as the ten digits of ``y=``.  Not part of the key or the settings."""
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
@@ -107,6 +110,11 @@ class SessionParams:
     def _problems(self) -> Any:
         if not 0 <= self.key.ssrc <= MAX_SSRC:
             yield f"ssrc {self.key.ssrc} is outside 0..{MAX_SSRC}"
+        if self.ssrc_text is not None and not (
+            self.ssrc_text.isascii() and self.ssrc_text.isdigit()
+            and int(self.ssrc_text) == self.key.ssrc
+        ):
+            yield f"ssrc text {self.ssrc_text!r} is not the decimal SSRC {self.key.ssrc}"
         if not 0 <= self.src_port <= 65535:
             yield f"src_port {self.src_port} is not a TCP port (0 = from the pool)"
         if self.payload_type is not None and not 0 <= self.payload_type <= 127:
@@ -132,6 +140,11 @@ class SessionParams:
     def payload(self) -> Payload:
         """What the downlink carries, from the payload table: PCMA, PCMU or PS."""
         return payload_for(self.packaging, self.law)
+
+    @property
+    def ssrc_echo(self) -> str:
+        """The SSRC as the caller gave it, else ten decimal digits (``0100000001``)."""
+        return self.ssrc_text if self.ssrc_text is not None else f"{self.key.ssrc:010d}"
 
     @property
     def rtp_payload_type(self) -> int:
