@@ -155,8 +155,9 @@ class PortPool:
         self.interface = interface
         self.bind_attempts = bind_attempts
         self.backlog = backlog
+        self._rng = rng or random.Random()
         ports = list(range(low, high + 1))
-        (rng or random.Random()).shuffle(ports)
+        self._rng.shuffle(ports)
         # _free maps each free port to the ticket of its one valid queue entry;
         # entries whose ticket no longer matches (explicit leases) are skipped.
         self._queue: deque[tuple[int, int]] = deque((port, 0) for port in ports)
@@ -196,6 +197,20 @@ class PortPool:
             "leased": self.leased_count,
             "leases": [lease.describe() for lease in self.leases()],
         }
+
+    def set_range(self, low: int, high: int) -> None:
+        """Lease new ports from ``low..high`` from now on (``rtp_proxy.port_range`` at run time).
+
+        Leases held now keep their ports; a port outside the new range is not
+        given out again once returned.  Raises PortError for a bad range.
+        """
+        check_port_range(low, high)
+        self.low, self.high = low, high
+        ports = [port for port in range(low, high + 1) if port not in self._leases]
+        self._rng.shuffle(ports)
+        self._tickets += 1
+        self._queue = deque((port, self._tickets) for port in ports)
+        self._free = dict.fromkeys(ports, self._tickets)
 
     def listen(self, factory: ServerFactory, owner: str, port: int = 0) -> Lease:
         """Bind ``factory`` on ``port`` (0: a free port of the pool) and return the lease.
