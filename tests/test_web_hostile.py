@@ -13,11 +13,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.trial import unittest
 
 from gb28181talk.core.manager import SessionManager
 from gb28181talk.core.ports import PortPool
@@ -30,6 +35,7 @@ from gb28181talk.web.body import MAX_BODY_BYTES, UNAUTHENTICATED_BODY_BYTES
 from gb28181talk.web.common import Authenticator
 from gb28181talk.web.metrics import Metrics
 from gb28181talk.web.root import build_root, build_site
+from tests.httpapi import ServiceHarness, async_test
 from tests.test_fuzz_api import parse_response
 
 SECRET = "s3cret"
@@ -421,3 +427,60 @@ def test_the_secret_is_checked_before_the_method() -> None:
     wrong = api.request("PUT", f"/api/pool?secret={SECRET}")
     assert (wrong.status, wrong.code) == (405, codes.INVALID_ARGS)
     assert "GET" in wrong.msg
+
+
+# -- the same over a real loopback socket -------------------------------------------------
+
+
+class _RawClient(Protocol):
+    """Sends one request head and records every byte back until the server hangs up."""
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.received = b""
+        self.closed: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
+        self.closed.callback(self.received)
+
+
+class LoopbackTests(unittest.TestCase):
+    """The whole service: a gigabyte announced is answered at once, and the server hangs up."""
+
+    timeout = 20
+
+    def setUp(self) -> None:
+        self.harness = ServiceHarness(ports=2, secret=SECRET)
+        self.harness.start()
+
+    def tearDown(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self.harness.stop())
+
+    async def exchange(self, request: bytes) -> tuple[int, dict[str, Any]]:
+        port = self.harness.service.api_port.getHost().port
+        client = _RawClient(request)
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        raw = await client.closed  # the server closes: the client need not send the body
+        status, _headers, body = parse_response(raw)
+        return status, json.loads(body)
+
+    @async_test
+    async def test_a_gigabyte_body_is_refused_before_a_byte_of_it_is_sent(self) -> None:
+        without = await self.exchange(head("POST", "/api/sessions",
+                                           {"Content-Type": "application/json"}, 2**30))
+        assert (without[0], without[1]["code"]) == (401, codes.AUTH_FAILED)
+        with_secret = await self.exchange(head("POST", f"/api/sessions?secret={SECRET}",
+                                               {"Content-Type": "application/json"}, 2**30))
+        assert (with_secret[0], with_secret[1]["code"]) == (413, codes.INVALID_ARGS)
+        assert "1048576" in with_secret[1]["msg"]
+
+    @async_test
+    async def test_a_long_query_string_is_answered_414(self) -> None:
+        status, reply = await self.exchange(head("GET", "/api/health?x=" + "y" * 20_000))
+        assert (status, reply["code"]) == (414, codes.INVALID_ARGS)
