@@ -429,6 +429,15 @@ def test_the_secret_is_checked_before_the_method() -> None:
     assert "GET" in wrong.msg
 
 
+def test_tls_never_negotiates_http_2_where_the_body_limits_do_not_hold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from twisted.web import http
+
+    monkeypatch.setattr(http, "H2_ENABLED", True)  # as with the h2 package installed
+    assert Api().site.acceptableProtocols() == [b"http/1.1"]
+
+
 # -- the same over a real loopback socket -------------------------------------------------
 
 

@@ -160,10 +160,18 @@ class ApiChannel(HTTPChannel):
 
 
 class ApiSite(Site):
-    """The API's Site: its channels are :class:`ApiChannel`; ``auth`` sets the body limits."""
+    """The API's Site: its channels are :class:`ApiChannel`; ``auth`` sets the body limits.
+
+    HTTP/1.1 only, even over TLS with the ``h2`` package installed: the body
+    limits live in the HTTP/1.1 channel, and the API's clients speak 1.1.
+    """
 
     protocol = ApiChannel  # type: ignore[assignment]
 
     def __init__(self, resource: Any, auth: Any = None, **kwargs: Any) -> None:
         super().__init__(resource, **kwargs)
         self.auth = auth
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """What TLS (ALPN) may negotiate: HTTP/1.1 alone."""
+        return [b"http/1.1"]
