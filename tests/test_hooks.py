@@ -357,6 +357,39 @@ class HookDrainTests(unittest.TestCase):
         assert given_up == 3 and hooks.pending == 0
         assert len(accepted) == 3
 
+    @async_test
+    async def test_the_service_stops_within_its_drain_with_a_receiver_that_never_answers(
+        self,
+    ) -> None:
+        from gb28181talk import service
+
+        accepted: list[Protocol] = []
+
+        class Silent(Protocol):
+            def connectionMade(self) -> None:
+                accepted.append(self)
+
+        silent = reactor.listenTCP(0, Factory.forProtocol(Silent),  # type: ignore[attr-defined]
+                                   interface="127.0.0.1")
+        self.addCleanup(silent.stopListening)
+        self.patch(service, "HOOK_DRAIN_SECONDS", 0.1)
+        harness = ServiceHarness(ports=3, hook_url=f"http://127.0.0.1:{silent.getHost().port}/h")
+        harness.start()
+        hooks = harness.service.hooks
+        hooks.backoff = 0.01  # a wrong retry would come at once
+        await harness.add_tone()
+        for ssrc in ("1", "2"):
+            reply = await harness.zlm("startSendRtpPassive", query={
+                "app": "broadcast", "stream": "tone", "ssrc": ssrc})
+            assert reply.json["code"] == 0, reply.json
+        await harness.stop()  # trial's timeout fails the test if this waits for the receiver
+        attempts = len(accepted)
+        await sleep(0.2)
+        assert hooks.pending == 0 and hooks.abandoned >= 2
+        assert len(accepted) == attempts, "nothing is retried after the drain gave up"
+        warned = _warnings(self.events)
+        assert any(f"gave up on {hooks.abandoned} webhook" in line for line in warned), warned
+
 
 class _Response:
     """The least of an Agent response: a status and a body that ends at once."""
