@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from gb28181talk.core.ports import DEFAULT_PORT_RANGE, parse_port_range
 from gb28181talk.errors import GbTalkError, PortError
+from gb28181talk.web.zlm_node import DEFAULT_ALIVE_INTERVAL, DEFAULT_SCHEMAS, SCHEMA
 
 DEFAULT_API = "tcp:8080:interface=127.0.0.1"
 DEFAULT_WAIT_TIMEOUT = 5.0
@@ -37,6 +38,9 @@ OPTION_NAMES = (
     "record-dir",
     "media-dir",
     "server-id",
+    "alive-interval",
+    "stream-schemas",
+    "node-hooks",
 )
 """Options readable from the command line and the TOML file, in help order."""
 
@@ -59,6 +63,9 @@ class ServiceConfig:
     record_dir: str | None = None
     media_dir: str | None = None
     server_id: str = DEFAULT_SERVER_ID
+    alive_interval: float = DEFAULT_ALIVE_INTERVAL
+    stream_schemas: tuple[str, ...] = DEFAULT_SCHEMAS
+    node_hooks: bool = False
 
 
 def load_toml(path: str) -> dict[str, Any]:
@@ -119,6 +126,9 @@ def build_config(
         record_dir=_directory(merged, "record-dir", writable=True),
         media_dir=_directory(merged, "media-dir", writable=False),
         server_id=_text(merged, "server-id", DEFAULT_SERVER_ID),
+        alive_interval=_alive_interval(merged.get("alive-interval")),
+        stream_schemas=_stream_schemas(merged.get("stream-schemas")),
+        node_hooks=_yes_no(merged, "node-hooks"),
     )
 
 
@@ -285,6 +295,51 @@ def _wait_timeout(value: Any) -> float:
             f"{MAX_WAIT_TIMEOUT:g} seconds"
         )
     return seconds
+
+
+def _alive_interval(value: Any) -> float:
+    """Seconds between on_server_keepalive hooks (ZLMediaKit's hook.alive_interval)."""
+    if value is None:
+        return DEFAULT_ALIVE_INTERVAL
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or not 0.5 <= seconds <= 86400:
+        raise ConfigError(
+            f"--alive-interval {value!r} is not usable; give seconds from 0.5 to 86400, e.g. 10"
+        )
+    return seconds
+
+
+def _yes_no(values: Mapping[str, Any], name: str) -> bool:
+    """A switch: true/false in TOML, yes/no (on/off, 1/0) on the command line; absent: no."""
+    value = values.get(name, False)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("yes", "on", "true", "1"):
+        return True
+    if text in ("no", "off", "false", "0"):
+        return False
+    raise ConfigError(f"--{name} must be yes or no, not {value!r}")
+
+
+def _stream_schemas(value: Any) -> tuple[str, ...]:
+    """The schemas each audio source is a stream under (hook.stream_changed_schemas)."""
+    if value is None:
+        return DEFAULT_SCHEMAS
+    if not isinstance(value, str):
+        raise ConfigError(f"--stream-schemas must be names separated by '/', not {value!r}")
+    names = tuple(dict.fromkeys(name for name in value.strip().split("/") if name))
+    if not names or len(names) > 16 or not all(SCHEMA.fullmatch(name) for name in names):
+        raise ConfigError(
+            f"--stream-schemas {value!r} is not usable; give schema names separated by '/', "
+            "e.g. rtsp or rtsp/rtmp"
+        )
+    return names
 
 
 def _hook_url(value: Any) -> str | None:

@@ -10,11 +10,15 @@ status 1.
 order they were added and stop one at a time in the reverse order:
 
 1. ``sources``: at stop, closes every source (RTP ingest ports, push sockets);
-2. ``webhooks`` (with ``--hook-url``): at stop, waits up to
-   :data:`HOOK_DRAIN_SECONDS` for the last webhooks;
+2. ``webhooks``: at stop, waits up to :data:`HOOK_DRAIN_SECONDS` for the
+   last webhooks (their URLs come from ``--hook-url`` or a platform's
+   ``setServerConfig``);
 3. ``talk sessions``: at stop, ends every talk session with reason
    ``shutdown`` and waits for its talk port to close;
-4. ``HTTP API <endpoint>``: listens on the ``--api`` endpoint (``tcp:``,
+4. ``node events``: ZLMediaKit's ``on_server_started`` (a reactor turn after
+   start, once the API listens), ``on_server_keepalive`` every
+   ``--alive-interval`` and ``on_stream_changed``; at stop, no more of them;
+5. ``HTTP API <endpoint>``: listens on the ``--api`` endpoint (``tcp:``,
    ``ssl:``, ...); stops first, so no request arrives while sessions end.
 
 So a stop (SIGTERM, ``twistd`` stop) stops accepting API requests, ends the
@@ -63,6 +67,9 @@ from gb28181talk.web.common import Authenticator
 from gb28181talk.web.hooks import HookDeliverer
 from gb28181talk.web.metrics import Metrics
 from gb28181talk.web.root import build_root, build_site
+from gb28181talk.web.zlm_events import NodeEvents
+from gb28181talk.web.zlm_node import DEFAULT_ALIVE_INTERVAL, DEFAULT_SCHEMAS, NodeSettings
+from gb28181talk.web.zlm_streams import StreamView
 
 log = Logger()
 
@@ -112,6 +119,16 @@ class Options(usage.Options):
          "Confine file sources to this directory [default: any file the service can read]."],
         ["server-id", None, None,
          f"mediaServerId reported in webhooks [default: {DEFAULT_SERVER_ID}]."],
+        ["alive-interval", None, None,
+         "Seconds between on_server_keepalive webhooks (ZLMediaKit's hook.alive_interval) "
+         f"[default: {DEFAULT_ALIVE_INTERVAL:g}]."],
+        ["stream-schemas", None, None,
+         "Schemas each audio source is a stream under in getMediaList and on_stream_changed, "
+         f"'/'-separated [default: {'/'.join(DEFAULT_SCHEMAS)}]."],
+        ["node-hooks", None, None,
+         "yes: also POST on_server_started, on_server_keepalive and on_stream_changed to "
+         "<--hook-url>/<name>, so a ZLMediaKit-speaking platform adopts this node after "
+         "every restart [default: no]."],
     ]
 
     exit_on_error = True
@@ -314,21 +331,34 @@ class GbTalkService(MultiService):
             reactor, self.manager, self.registry,
             record_dir=config.record_dir, advertise_ip=self.advertise_ip,
         )
-        self.hooks: HookDeliverer | None = None
-        if config.hook_url:
-            self.hooks = HookDeliverer(reactor, config.hook_url, server_id=config.server_id)
-            self.manager.add_observer(self.hooks)
+        # The ZLMediaKit settings (hook URLs from --hook-url, or pushed by setServerConfig)
+        # decide where every hook goes; one deliverer sends them all.
+        self.node = NodeSettings(
+            self.pool, server_id=config.server_id, hook_url=config.hook_url, api=config.api,
+            alive_interval=config.alive_interval, schemas=config.stream_schemas,
+            node_hooks=config.node_hooks,
+        )
+        self.node.http_port = lambda: getattr(self.api_port and self.api_port.getHost(),
+                                              "port", None)
+        self.hooks: HookDeliverer = HookDeliverer(reactor, config.hook_url or "",
+                                                  server_id=config.server_id)
+        self.node.bind(self.hooks)
+        self.manager.add_observer(self.hooks)
         self.metrics = Metrics(self.manager, self.registry, self.hooks)
         self.manager.add_observer(self.metrics)
         auth = Authenticator(config.secret)
         self.site = build_site(
-            build_root(auth, self.control, self.metrics, reactor, config.wait_timeout)
+            build_root(auth, self.control, self.metrics, reactor, config.wait_timeout, self.node)
         )
         self.exit_on_start_failure = exit_on_start_failure
         ShutdownStep("sources", self._close_sources).setServiceParent(self)
-        if self.hooks is not None:
-            ShutdownStep("webhooks", self._drain_hooks).setServiceParent(self)
+        ShutdownStep("webhooks", self._drain_hooks).setServiceParent(self)
         ShutdownStep("talk sessions", self._end_sessions).setServiceParent(self)
+        # Before the listeners, so it stops after them (no keepalive says "up" once the API
+        # is closed); it sends on_server_started a turn after start, once the API listens.
+        self.node_events = NodeEvents(
+            reactor, self.node, self.hooks, StreamView(self.control, lambda: self.node.schemas))
+        self.node_events.setServiceParent(self)
         self.api_services = [
             self.add_listener("HTTP API", api, partial(serverFromString(reactor, api).listen,
                                                        self.site))
@@ -372,7 +402,7 @@ class GbTalkService(MultiService):
             interface=self.pool.interface or "all interfaces", advertise=self.advertise_ip,
             wait=self.config.wait_timeout,
             secret=", secret required" if self.config.secret else "",
-            hooks=f", webhooks to {self.hooks.url}" if self.hooks else "",
+            hooks=f", webhooks to {self.config.hook_url}" if self.config.hook_url else "",
         )
 
     def _failing_start_exits(self, start: Callable[[], None]) -> None:

@@ -59,9 +59,11 @@ def refuse_connections(reactor: MemoryReactorClock, seconds: float) -> None:
 def test_the_children_in_start_order() -> None:
     with_hooks = build(MemoryReactorClock(), hook_url="http://127.0.0.1:9/hook")
     assert [child.name for child in with_hooks] == [
-        "sources", "webhooks", "talk sessions", f"HTTP API {API}"]
+        "sources", "webhooks", "talk sessions", "node events", f"HTTP API {API}"]
+    # Without --hook-url the webhooks are still there: setServerConfig may set their URLs.
     without = build(MemoryReactorClock())
-    assert [child.name for child in without] == ["sources", "talk sessions", f"HTTP API {API}"]
+    assert [child.name for child in without] == [
+        "sources", "webhooks", "talk sessions", "node events", f"HTTP API {API}"]
 
 
 def test_the_api_listens_on_its_endpoint_when_started() -> None:

@@ -27,6 +27,8 @@ from gb28181talk.web.metrics import CONTENT_TYPE, Metrics
 from gb28181talk.web.native import NativeApi
 from gb28181talk.web.push import PushResource
 from gb28181talk.web.zlm import ZlmApi
+from gb28181talk.web.zlm_node import GetServerConfig, NodeSettings, SetServerConfig
+from gb28181talk.web.zlm_streams import CloseStreams, GetMediaInfo, GetMediaList, IsMediaOnline
 
 log = Logger()
 
@@ -70,15 +72,23 @@ class RootResource(JsonResource):
 
 def build_root(
     auth: Authenticator, control: TalkControl, metrics: Metrics, reactor: Any,
-    wait_timeout: float,
+    wait_timeout: float, node: NodeSettings | None = None,
 ) -> Resource:
-    """The whole resource tree of the service."""
+    """The whole resource tree of the service (``node``: the ZLMediaKit settings, else defaults)."""
     root = RootResource(auth)
     for own_name in (control.advertise_ip, control.manager.pool.interface):
         if own_name:
             auth.site.add_host(own_name)  # the API's own names beside localhost (crosssite.py)
     index = Resource()
-    index.putChild(b"api", ZlmApi(auth, control, wait_timeout))
+    zlm_api = ZlmApi(auth, control, wait_timeout)
+    node = node if node is not None else NodeSettings(control.manager.pool)
+    for name, endpoint in (
+        ("getMediaList", GetMediaList), ("getMediaInfo", GetMediaInfo),
+        ("isMediaOnline", IsMediaOnline), ("close_streams", CloseStreams),
+        ("getServerConfig", GetServerConfig), ("setServerConfig", SetServerConfig),
+    ):
+        zlm_api.putChild(name.encode("ascii"), endpoint(auth, control, wait_timeout, node))
+    index.putChild(b"api", zlm_api)
     root.putChild(b"index", _Branch(auth, index))
     root.putChild(b"api", NativeApi(auth, control, reactor, wait_timeout,
                                     push=PushResource(control.registry)))

@@ -17,7 +17,6 @@ from twisted.web.server import Request
 
 from gb28181talk.core.session import TalkSession
 from gb28181talk.core.talk import TalkControl
-from gb28181talk.interfaces import SAMPLE_RATE
 from gb28181talk.web import codes
 from gb28181talk.web.common import (
     ApiError,
@@ -28,9 +27,12 @@ from gb28181talk.web.common import (
     zlm_args,
     zlm_value,
 )
-from gb28181talk.web.start import parse_zlm_start, source_name, ssrc, text
+from gb28181talk.web.start import parse_zlm_start, source_name, ssrc
 
-ENDPOINTS = ("startSendRtpPassive", "stopSendRtp", "listRtpSender", "getMediaList")
+ENDPOINTS = ("startSendRtpPassive", "stopSendRtp", "listRtpSender", "getMediaList",
+             "getMediaInfo", "isMediaOnline", "close_streams", "getServerConfig",
+             "setServerConfig")
+"""Every endpoint served; getMediaList and after are added by web/zlm_streams and web/zlm_node."""
 
 _HINT = "this server implements /index/api/" + ", /index/api/".join(ENDPOINTS)
 
@@ -117,73 +119,19 @@ class ListRtpSender(ZlmEndpoint):
         if not sessions and self.control.registry.find(app, stream) is None:
             raise ApiError(codes.NOT_FOUND, f"can not find the source stream {app}/{stream}")
         total = sum(session.stats.bytes_sent for session in sessions)
-        speed = sum(_bytes_speed(session) for session in sessions)
+        speed = sum(bytes_speed(session) for session in sessions)
         return {
-            "data": [ssrc_text(session.key.ssrc) for session in sessions],
+            "data": [session.params.ssrc_echo for session in sessions],
             "bytesSpeed": speed,
             "totalBytes": total,
             "senders": [self.control.describe(session) for session in sessions],
         }
 
 
-class GetMediaList(ZlmEndpoint):
-    """The audio sources, in ZLMediaKit's media-list shape (filters: vhost, app, stream)."""
-
-    def answer(self, args: dict[str, str]) -> dict[str, Any]:
-        vhost = text(args, "vhost", codes.DEFAULT_VHOST) or codes.DEFAULT_VHOST
-        app = text(args, "app", None)
-        stream = text(args, "stream", None)
-        sessions = self.control.manager.sessions()
-        data = []
-        for source in self.control.registry.list():
-            if (app and source.app != app) or (stream and source.stream != stream):
-                continue
-            readers = [s for s in sessions if (s.key.app, s.key.stream) ==
-                       (source.app, source.stream)]
-            data.append(media_entry(source, vhost, readers))
-        return {"data": data}
-
-
-def _bytes_speed(session: TalkSession) -> int:
+def bytes_speed(session: TalkSession) -> int:
+    """A session's mean send rate while streaming, in bytes per second."""
     stats = session.stats
     return int(stats.bytes_sent / stats.streaming_s) if stats.streaming_s > 0 else 0
-
-
-def media_entry(source: Any, vhost: str, readers: list[TalkSession]) -> dict[str, Any]:
-    """One source as a ZLMediaKit ``getMediaList`` item (audio only, G.711 8 kHz)."""
-    info = source.describe()
-    origin, origin_name = codes.origin_type(source.kind)
-    return {
-        "schema": "rtp",
-        "vhost": vhost,
-        "app": source.app,
-        "stream": source.stream,
-        "params": "",
-        "createStamp": 0,
-        "aliveSecond": int(info.get("position_ms", 0) // 1000),
-        "bytesSpeed": sum(_bytes_speed(session) for session in readers),
-        "totalBytes": sum(session.stats.bytes_sent for session in readers),
-        "readerCount": len(readers),
-        "totalReaderCount": len(readers),
-        "originType": origin,
-        "originTypeStr": origin_name,
-        "originUrl": "",
-        "isRecordingMP4": False,
-        "isRecordingHLS": False,
-        "originSock": None,
-        "tracks": [
-            {
-                "codec_id": 3,
-                "codec_id_name": "G711A",
-                "codec_type": 1,
-                "ready": not source.ended,
-                "sample_rate": SAMPLE_RATE,
-                "channels": 1,
-                "sample_bit": 16,
-            }
-        ],
-        "source": info,
-    }
 
 
 class ZlmApi(Resource):
@@ -196,7 +144,6 @@ class ZlmApi(Resource):
             ("startSendRtpPassive", StartSendRtpPassive),
             ("stopSendRtp", StopSendRtp),
             ("listRtpSender", ListRtpSender),
-            ("getMediaList", GetMediaList),
         ):
             self.putChild(name.encode("ascii"), endpoint(auth, control, wait_timeout))
 

@@ -1,0 +1,209 @@
+"""wvp-GB28181-pro's calls against the real service over loopback: the node comes online, talks.
+
+The calls and bodies are those read in wvp-GB28181-pro's source
+(``ZLMRESTfulUtils.sendPost``: a form POST with ``secret`` in the body;
+``ZLMMediaServerStatusManager``: getServerConfig, then setServerConfig with
+its hook URLs; ``ZLMHttpHookListener``: the hook bodies it parses), played
+in wvp's order: register the node, see the audio stream appear
+(``on_stream_changed``, ``schema=rtsp``), check it with getMediaInfo and
+isMediaOnline, open a talk port with a talk-length ``close_delay_ms``, list
+and stop the sender (the ``ssrc`` echoed as given), end the stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.trial import unittest
+
+from gb28181talk.web import codes
+from tests.httpapi import HookReceiver, Reply, ServiceHarness, async_test, call, until
+
+SECRET = "035c73f7-bb6b-4889-a715-d9eb2d1925cc"
+SERVER_ID = "talk-node-1"
+
+WVP_READS = (
+    # ZLMServerConfig fields wvp uses (ZLMMediaServerStatusManager.initPort/online,
+    # ZLMMediaNodeServerService.checkNodeId, MediaServer(ZLMServerConfig, ...)).
+    "general.mediaServerId", "hook.alive_interval", "http.port", "http.sslport", "rtmp.port",
+    "rtmp.sslport", "rtsp.port", "rtsp.sslport", "rtp_proxy.port", "rtp_proxy.port_range",
+)
+
+
+def wvp_hook_config(prefix: str, low: int, high: int) -> dict[str, str]:
+    """The settings wvp's setZLMConfig pushes (ZLMMediaServerStatusManager.java)."""
+    names = ("on_play", "on_publish", "on_server_started", "on_stream_changed",
+             "on_stream_none_reader", "on_stream_not_found", "on_server_keepalive",
+             "on_send_rtp_stopped", "on_rtp_server_timeout", "on_record_mp4")
+    return {
+        "hook.enable": "1", "hook.on_flow_report": "", "hook.on_http_access": "",
+        "hook.on_record_ts": "", "hook.on_rtsp_auth": "", "hook.on_rtsp_realm": "",
+        "hook.on_shell_login": "", **{f"hook.{name}": f"{prefix}/{name}" for name in names},
+        "hook.timeoutSec": "30", "protocol.continue_push_ms": "3000",
+        "rtp_proxy.port_range": f"{low}-{high}",
+    }
+
+
+class WvpSequenceTests(unittest.TestCase):
+    """A node with a secret and no hook URL of its own: wvp pushes them."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.receiver = HookReceiver()
+        self.prefix = self.receiver.start()
+        self.harness = ServiceHarness(ports=4, secret=SECRET, server_id=SERVER_ID,
+                                      alive_interval=0.5)
+        self.harness.start()
+
+    async def _cleanup(self) -> None:
+        await self.harness.stop()
+        await self.receiver.stop()
+
+    def tearDown(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._cleanup())
+
+    async def wvp(self, api: str, **params: Any) -> Reply:
+        """One call as ZLMRESTfulUtils.sendPost makes it: a form POST, secret in the body."""
+        form = {"secret": SECRET, **{name: str(value) for name, value in params.items()}}
+        reply = await call("POST", self.harness.url(f"/index/api/{api}"), form=form)
+        assert reply.status == 200 and reply.content_type.startswith("application/json")
+        return reply
+
+    def hooks(self, name: str) -> list[dict[str, Any]]:
+        return [body for path, body in zip(self.receiver.paths, self.receiver.bodies,
+                                           strict=True) if path.endswith("/" + name)]
+
+    @async_test
+    async def test_wvp_brings_the_node_online_and_runs_a_talk_through_it(self) -> None:
+        # 1. getServerConfig: data[0] has every key wvp reads, never the secret.
+        config = await self.wvp("getServerConfig")
+        assert config.code == 0
+        [node] = config.json["data"]
+        assert all(key in node for key in WVP_READS), [k for k in WVP_READS if k not in node]
+        assert node["general.mediaServerId"] == SERVER_ID
+        assert float(node["hook.alive_interval"]) == 0.5
+        assert int(node["http.port"]) == self.harness.service.api_port.getHost().port
+        assert node["rtp_proxy.port_range"] == f"{self.harness.low}-{self.harness.high}"
+        assert all(isinstance(value, str) for value in node.values())  # as ZLMediaKit's
+        assert "api.secret" not in node and SECRET not in str(config.json)
+
+        # 2. setServerConfig with wvp's settings: hook URLs applied, ``changed`` counted.
+        pushed = wvp_hook_config(self.prefix, self.harness.low, self.harness.high)
+        changed = await self.wvp("setServerConfig", **pushed)
+        assert changed.code == 0
+        # enable, timeoutSec and the ten URLs changed; empty URLs, the same port range
+        # and protocol.continue_push_ms (not a key of this node) did not.
+        assert changed.json["changed"] == 12
+        again = await self.wvp("setServerConfig", **pushed)
+        assert again.json == {"code": 0, "changed": 0}
+        after = (await self.wvp("getServerConfig")).json["data"][0]
+        assert after["hook.on_server_keepalive"] == self.prefix + "/on_server_keepalive"
+        assert (after["hook.enable"], after["hook.timeoutSec"]) == ("1", "30")
+
+        # 3. Keepalives arrive, with wvp's mediaServerId.
+        await until(lambda: len(self.hooks("on_server_keepalive")) >= 2)
+        beat = self.hooks("on_server_keepalive")[0]
+        assert beat["mediaServerId"] == SERVER_ID and isinstance(beat["data"], dict)
+
+        # 4. The platform's audio source appears: on_stream_changed regist=true, schema rtsp.
+        added = await call("POST", self.harness.url("/api/sources"),
+                           headers={"Authorization": f"Bearer {SECRET}"},
+                           json_body={"app": "broadcast", "stream": "talk", "kind": "tone"})
+        assert added.code == 0
+        await until(lambda: self.hooks("on_stream_changed"))
+        [appeared] = self.hooks("on_stream_changed")
+        assert (appeared["regist"], appeared["schema"]) == (True, "rtsp")
+        assert (appeared["app"], appeared["stream"]) == ("broadcast", "talk")
+        assert appeared["vhost"] == codes.DEFAULT_VHOST and appeared["params"] == ""
+        assert appeared["mediaServerId"] == SERVER_ID
+        assert appeared["tracks"][0]["codec_type"] == 1
+
+        # 5. getMediaInfo (schema=rtsp, as wvp asks) and isMediaOnline.
+        info = await self.wvp("getMediaInfo", app="broadcast", schema="rtsp",
+                              stream="talk", vhost=codes.DEFAULT_VHOST)
+        assert info.code == 0 and info.json["app"] == "broadcast"  # wvp's readiness check
+        assert info.json["schema"] == "rtsp" and info.json["tracks"][0]["ready"] is True
+        online = await self.wvp("isMediaOnline", app="broadcast", stream="talk",
+                                schema="rtsp", vhost=codes.DEFAULT_VHOST)
+        assert online.json == {"code": 0, "online": True}
+        listed = await self.wvp("getMediaList", app="broadcast", stream="talk", schema="rtsp")
+        assert [entry["schema"] for entry in listed.json["data"]] == ["rtsp"]
+        unoffered = await self.wvp("getMediaList", schema="hls")
+        assert unoffered.json == {"code": 0, "data": []}
+
+        # 6. Talk: startSendRtpPassive with wvp's talk-length close_delay_ms, ssrc as given.
+        started = await self.wvp("startSendRtpPassive", vhost=codes.DEFAULT_VHOST,
+                                 app="broadcast", stream="talk", ssrc="777", src_port=0,
+                                 pt=8, use_ps=0, only_audio=1, close_delay_ms=10_000_000)
+        assert started.code == 0, started.json
+        port = started.json["local_port"]
+        assert self.harness.low <= port <= self.harness.high
+        [session] = self.harness.service.manager.sessions()
+        assert session.params.wait_timeout == 10_000.0
+        senders = await self.wvp("listRtpSender", vhost=codes.DEFAULT_VHOST, app="broadcast",
+                                 stream="talk")
+        assert senders.json["data"] == ["777"]
+
+        # 7. stopSendRtp on BYE: on_send_rtp_stopped echoes the ssrc as given.
+        stopped = await self.wvp("stopSendRtp", vhost=codes.DEFAULT_VHOST, app="broadcast",
+                                 stream="talk", ssrc="777")
+        assert stopped.code == 0
+        await until(lambda: self.hooks("on_send_rtp_stopped"))
+        [ended] = self.hooks("on_send_rtp_stopped")
+        assert (ended["ssrc"], ended["reason"]) == ("777", "stopped")
+        assert ended["mediaServerId"] == SERVER_ID
+
+        # 8. close_streams (wvp's closeStreams, force=1): the stream ends, regist=false.
+        closed = await self.wvp("close_streams", vhost=codes.DEFAULT_VHOST, app="broadcast",
+                                stream="talk", force=1)
+        assert closed.json == {"code": 0, "count_hit": 1, "count_closed": 1}
+        await until(lambda: len(self.hooks("on_stream_changed")) == 2)
+        gone = self.hooks("on_stream_changed")[1]
+        assert gone == {"mediaServerId": SERVER_ID, "hook_index": gone["hook_index"],
+                        "schema": "rtsp", "vhost": codes.DEFAULT_VHOST, "app": "broadcast",
+                        "stream": "talk", "params": "", "regist": False}
+        missing = await self.wvp("getMediaInfo", app="broadcast", schema="rtsp", stream="talk",
+                                 vhost=codes.DEFAULT_VHOST)
+        assert missing.code == codes.NOT_FOUND
+        offline = await self.wvp("isMediaOnline", app="broadcast", stream="talk",
+                                 schema="rtsp", vhost=codes.DEFAULT_VHOST)
+        assert offline.json["online"] is False
+        indexes = [body["hook_index"] for body in self.receiver.bodies]
+        assert len(set(indexes)) == len(indexes), "every hook has its own hook_index"
+
+    @async_test
+    async def test_without_the_secret_nothing_is_read_or_changed(self) -> None:
+        for api in ("getServerConfig", "setServerConfig", "getMediaInfo", "close_streams"):
+            reply = await call("POST", self.harness.url(f"/index/api/{api}"),
+                               form={"hook.enable": "1"})
+            assert reply.status == 200 and reply.code == codes.AUTH_FAILED
+        assert not self.harness.service.node.enabled
+
+
+class NodeHooksTests(unittest.TestCase):
+    """``--hook-url`` with ``--node-hooks yes``: the node announces itself at every start."""
+
+    timeout = 20
+
+    @async_test
+    async def test_on_server_started_carries_the_config_and_keepalives_follow(self) -> None:
+        receiver = HookReceiver()
+        prefix = receiver.start()
+        harness = ServiceHarness(ports=2, hook_url=prefix, node_hooks=True, server_id="n2",
+                                 alive_interval=0.5)
+        harness.start()
+        try:
+            await until(lambda: len(receiver.bodies) >= 2)
+            assert receiver.paths[:2] == ["/index/hook/on_server_started",
+                                          "/index/hook/on_server_keepalive"]
+            started = receiver.bodies[0]
+            # wvp's onServerStarted maps this body onto ZLMServerConfig.
+            assert started["mediaServerId"] == started["general.mediaServerId"] == "n2"
+            assert int(started["http.port"]) == harness.service.api_port.getHost().port
+            assert started["hook.on_send_rtp_stopped"] == prefix + "/on_send_rtp_stopped"
+            assert "api.secret" not in started
+        finally:
+            await harness.stop()
+            await receiver.stop()
