@@ -96,8 +96,9 @@ class IPushSource(ILiveSource):
     format = Attribute("What the pushed bytes hold: 'pcm16', 'alaw' or 'ulaw' (str).")
     pusher = Attribute("The pusher that holds the source, or None.")
 
-    def push_bytes(data: bytes) -> None:
-        """Decode and resample one message of pushed audio into the backlog."""
+    def push_bytes(data: bytes, message_end: bool = True) -> None:
+        """Decode and resample pushed audio into the backlog: a whole message, or one
+        fragment of a message as it arrives (``message_end=False``)."""
 
     def claim(pusher: Any) -> bool:
         """Make ``pusher`` the one pusher; False if another holds it or the source ended."""

@@ -27,6 +27,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
+    BytesMessage,
     CloseConnection,
     RejectConnection,
     Request,
@@ -144,6 +145,13 @@ class RawWebSocket(Protocol):
     def send_text(self, text: str) -> None:
         self.transport.write(self.ws.send(TextMessage(text)))
 
+    def send_bytes(self, data: bytes, finished: bool = True) -> None:
+        """One frame of a binary message; ``finished=False`` leaves the message open."""
+        self.transport.write(self.ws.send(BytesMessage(data, message_finished=finished)))
+
+    def texts(self) -> list[str]:
+        return [e.data for e in self.events if isinstance(e, TextMessage)]
+
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self.done.callback(self.events)
 
@@ -164,6 +172,7 @@ class PushResourceTests(unittest.TestCase):
         api = Resource()
         root.putChild(b"api", api)
         api.putChild(b"push", PushResource(self.registry))
+        api.putChild(b"smallpush", PushResource(self.registry, max_message_bytes=4000))
         self.connections = WrappingFactory(Site(root))
         self.listener = reactor.listenTCP(  # type: ignore[attr-defined]
             0, self.connections, interface="127.0.0.1"
@@ -379,6 +388,59 @@ class PushResourceTests(unittest.TestCase):
         info = source.describe()
         assert info["dropped_ms"] == 0 and info["pauses"] >= 2
         await self.hang_up(client, source)
+
+    # -- issue 12 item 4: a message is streamed fragment by fragment, and capped
+
+    @async_test
+    async def test_an_unfinished_message_is_played_fragment_by_fragment(self) -> None:
+        """Each fragment reaches the source as it arrives: nothing waits for the message to
+        end (so nothing is buffered and re-copied), and a hang-up mid-message leaves nothing."""
+        source = self.registry.create({"app": "live", "stream": "frag", "kind": "push"})
+        raw = await self.raw("/api/push/live/frag")
+        await until(lambda: source.pusher is not None)
+        for n in range(3):
+            raw.send_bytes(bytes([n + 1, 0]) * 160, finished=False)
+        await until(lambda: source.describe()["bytes_received"] == 960)
+        assert source.backlog_ms == 60 and source.describe()["messages_received"] == 0
+        raw.send_bytes(b"\x04\x00" * 160, finished=True)
+        await until(lambda: source.describe()["messages_received"] == 1)
+        raw.send_bytes(b"\x05\x00" * 160 + b"\x05", finished=False)  # half a sample over
+        await until(lambda: source.describe()["bytes_received"] == 1601)
+        raw.transport.loseConnection()
+        await raw.done
+        await until(lambda: source.pusher is None)
+        assert source._carry == b"", "the half sample of the unfinished message is freed"
+        frames = read_all(source)
+        assert frames == [bytes([n, 0]) * 160 for n in range(1, 6)]
+        assert source.describe()["messages_received"] == 1
+
+    @async_test
+    async def test_a_message_over_the_cap_is_closed_with_1009(self) -> None:
+        source = self.registry.create({"app": "live", "stream": "big", "kind": "push"})
+        raw = await self.raw("/api/smallpush/live/big")
+        await until(lambda: source.pusher is not None)
+        raw.send_bytes(bytes(4000))  # exactly the cap: fine
+        await until(lambda: source.describe()["messages_received"] == 1)
+        for _ in range(5):  # a message that never ends: 5000 bytes and counting
+            raw.send_bytes(bytes(1000), finished=False)
+        await raw.done
+        close = raw.close_event()
+        assert close.code == 1009
+        assert close.reason.startswith("message too big: over 4000 bytes"), close.reason
+        assert json.loads(raw.texts()[0]) == {"code": -500, "msg": close.reason}
+        await until(lambda: source.pusher is None)
+        info = source.describe()
+        assert info["bytes_received"] == 8000, "the fragment over the cap is not played"
+        assert info["messages_received"] == 1 and not source.ended
+
+    @async_test
+    async def test_a_text_message_is_refused_at_its_first_fragment(self) -> None:
+        source = self.registry.create({"app": "live", "stream": "tx", "kind": "push"})
+        raw = await self.raw("/api/push/live/tx")
+        raw.transport.write(raw.ws.send(TextMessage("x" * 1000, message_finished=False)))
+        await raw.done
+        assert raw.close_event().code == 1003
+        await until(lambda: source.pusher is None)
 
 
 class FakeWebSocket:

@@ -83,11 +83,17 @@ class PushSource(LiveSource):
                 f"resampled: {e}"
             ) from e
 
-    def push_bytes(self, data: bytes | bytearray) -> None:
-        """Decode and resample one pushed message and feed it to the backlog."""
+    def push_bytes(self, data: bytes | bytearray, message_end: bool = True) -> None:
+        """Decode and resample pushed bytes and feed them to the backlog.
+
+        ``data`` is a whole message, or (``message_end=False``) one fragment of
+        a message as it arrives; ``push_bytes(b"", message_end=True)`` ends
+        a message given in fragments.  Only ended messages are counted.
+        """
         if self._closed:
             return
-        self._messages_received += 1
+        if message_end:
+            self._messages_received += 1
         self._bytes_received += len(data)
         if self._carry:
             data = self._carry + data

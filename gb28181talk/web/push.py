@@ -18,6 +18,15 @@ message (or a pusher that lost a race for the source) gets a text message
 with the same JSON, then a close frame with code 1003 (text) or 1008 (policy)
 and the reason.
 
+Messages are not assembled: Twisted's WebSocket layer would buffer each
+message whole (re-copying it on every fragment) before handing it over, so the
+protocol puts :class:`_StreamedMessage` in place of that buffer and each
+fragment goes to the source as it arrives (wsproto hands over every TCP read's
+part of a frame).  A message over ``max_message_bytes`` (1 MiB by default) is
+closed with code 1009 "message too big"; a text message is refused at its
+first fragment.  Nothing of a message is held, so a pusher that hangs up
+mid-message leaves nothing behind.
+
 Flow control: when the source's backlog passes ``max_backlog_ms`` the
 pusher's TCP transport stops reading (``pauseProducing``), so the client's
 sends back up in the kernel and a client pushing a whole file faster than
@@ -29,6 +38,7 @@ its pusher stays paused until a talk session listens.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IPushProducer
@@ -59,6 +69,15 @@ CLOSE_POLICY = 1008
 
 CLOSE_GOING_AWAY = 1001
 """WebSocket close code sent when the push source is deleted."""
+
+CLOSE_TOO_BIG = 1009
+"""WebSocket close code for a message over the size limit (RFC 6455 §7.4.1)."""
+
+MAX_MESSAGE_BYTES = 1024 * 1024
+"""Largest binary message a pusher may send: 1 MiB (5.5 s of 48 kHz stereo PCM16).
+
+Messages are streamed, so this bounds no buffer; it ends a pusher that never
+finishes a message (continuation frames forever), which is no audio client."""
 
 ERROR_CODE = -500
 """The ``code`` of every JSON refusal, as the ZLMediaKit-style API answers failures."""
@@ -93,6 +112,33 @@ class _ReadPauser:
             self._network.loseConnection()
 
 
+class _StreamedMessage:
+    """Stands in for Twisted's per-message buffer: each fragment is handed on as it arrives.
+
+    Twisted's ``_WebSocketWireProtocol`` assembles a message with ``add`` per
+    fragment and ``done`` at its end; this passes each fragment to
+    ``fragment`` and tells ``ended`` at the end, holding nothing.  ``done``
+    returns an empty message, which the protocol's ``...MessageReceived``
+    ignores.
+    """
+
+    __slots__ = ("_empty", "_ended", "_fragment")
+
+    def __init__(
+        self, fragment: Callable[[Any], None], ended: Callable[[], None], empty: Any
+    ) -> None:
+        self._fragment = fragment
+        self._ended = ended
+        self._empty = empty
+
+    def add(self, new: Any) -> None:
+        self._fragment(new)
+
+    def done(self) -> Any:
+        self._ended()
+        return self._empty
+
+
 @implementer(IPusher)
 class PushProtocol:
     """One pusher's WebSocket: binary messages are audio for its push source.
@@ -101,13 +147,18 @@ class PushProtocol:
     protocol is its :class:`~gb28181talk.interfaces.IPusher`.
     """
 
-    def __init__(self, source: PushSource, peer: str) -> None:
+    def __init__(
+        self, source: PushSource, peer: str, max_message_bytes: int = MAX_MESSAGE_BYTES
+    ) -> None:
         self.source = source
         self.peer = peer
+        self.max_message_bytes = max_message_bytes
         self.transport: WebSocketTransport | None = None
         self._refusal: tuple[int, str] | None = None
         self._pauser: _ReadPauser | None = None
         self._gone = False
+        self._streamed = False
+        self._message_bytes = 0
         if not source.claim(self):
             self._refusal = (CLOSE_POLICY, _busy_message(source))
 
@@ -115,6 +166,15 @@ class PushProtocol:
 
     def negotiationStarted(self, transport: WebSocketTransport) -> None:
         self.transport = transport
+        # Below Twisted's message assembly: take each fragment as it arrives.
+        if hasattr(transport, "_bytesBuffer") and hasattr(transport, "_textBuffer"):
+            transport._bytesBuffer = _StreamedMessage(  # type: ignore[attr-defined]
+                self._binary_fragment, self._binary_ended, b""
+            )
+            transport._textBuffer = _StreamedMessage(  # type: ignore[attr-defined]
+                self._text_fragment, _nothing, ""
+            )
+            self._streamed = True
 
     def negotiationFinished(self) -> None:
         if self._refusal is not None:
@@ -135,10 +195,41 @@ class PushProtocol:
         )
 
     def bytesMessageReceived(self, data: bytes | bytearray) -> None:
-        if self._refusal is None and not self._gone:
-            self.source.push_bytes(data)
+        if self._streamed:  # every fragment was taken as it came
+            return
+        self._binary_fragment(data)
+        self._binary_ended()
 
     def textMessageReceived(self, message: str) -> None:
+        if not self._streamed:
+            self._text_fragment(message)
+
+    # -- the fragments of a message, as they arrive
+
+    def _binary_fragment(self, data: bytes | bytearray) -> None:
+        if self._refusal is not None or self._gone:
+            return
+        self._message_bytes += len(data)
+        if self._message_bytes > self.max_message_bytes:
+            log.warn(
+                "pusher {peer} of {app}/{stream} sent a message over {limit} bytes; closed "
+                "with 1009", peer=self.peer, app=self.source.app, stream=self.source.stream,
+                limit=self.max_message_bytes,
+            )
+            self.refuse(
+                CLOSE_TOO_BIG,
+                f"message too big: over {self.max_message_bytes} bytes; send the audio in "
+                "smaller messages (20 to 100 ms each)",
+            )
+            return
+        self.source.push_bytes(data, message_end=False)
+
+    def _binary_ended(self) -> None:
+        if self._refusal is None and not self._gone:
+            self._message_bytes = 0
+            self.source.push_bytes(b"", message_end=True)
+
+    def _text_fragment(self, text: str) -> None:
         if self._refusal is None and not self._gone:
             self.refuse(
                 CLOSE_UNSUPPORTED_DATA,
@@ -178,6 +269,10 @@ class PushProtocol:
         self.transport.loseConnection(code, short)  # type: ignore[call-arg]
 
 
+def _nothing() -> None:
+    """The end of a text message: it was refused at its first fragment."""
+
+
 def _busy_message(source: PushSource) -> str:
     if source.ended:
         return f"push source {source.app}/{source.stream} has ended; create it again"
@@ -191,14 +286,15 @@ def _busy_message(source: PushSource) -> str:
 class _PushFactory:
     """Builds the WebSocket protocol for one push source (a WebSocketServerFactory)."""
 
-    def __init__(self, source: PushSource) -> None:
+    def __init__(self, source: PushSource, max_message_bytes: int) -> None:
         self.source = source
+        self.max_message_bytes = max_message_bytes
 
     def buildProtocol(self, request: Request) -> PushProtocol:
         address = request.getClientAddress()
         host, port = getattr(address, "host", None), getattr(address, "port", None)
         peer = f"{host}:{port}" if host is not None else str(address)
-        return PushProtocol(self.source, peer)
+        return PushProtocol(self.source, peer, self.max_message_bytes)
 
 
 class _JsonRefusal(Resource):
@@ -260,11 +356,15 @@ class PushResource(Resource):
 
     Mount it as the ``push`` child of the ``api`` resource.  It looks the
     source up per request, so sources created later are reachable at once.
+    A binary message over ``max_message_bytes`` is closed with 1009.
     """
 
-    def __init__(self, registry: SourceRegistry) -> None:
+    def __init__(
+        self, registry: SourceRegistry, max_message_bytes: int = MAX_MESSAGE_BYTES
+    ) -> None:
         super().__init__()
         self.registry = registry
+        self.max_message_bytes = max_message_bytes
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         app = path.decode("utf-8", "replace")
@@ -292,7 +392,7 @@ class PushResource(Resource):
             return refusal
         if source.pusher is not None or source.ended:
             return _JsonRefusal(409, _busy_message(source))
-        return WebSocketResource(_PushFactory(source))
+        return WebSocketResource(_PushFactory(source, self.max_message_bytes))
 
     def render(self, request: Request) -> bytes:
         return _JsonRefusal(404, f"no push source named in the URL; {_USAGE}").render(request)
