@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,9 @@ class StartUpWarningTests(unittest.TestCase):
     """The running service says at start when its configured range overlaps the ephemeral one."""
 
     def test_the_service_warns_at_start(self) -> None:
-        proc = self.mktemp()
-        Path(proc).write_text("20000 60999\n")  # so the harness's free range overlaps it
+        folder = tempfile.TemporaryDirectory()
+        self.addCleanup(folder.cleanup)
+        proc = _proc(Path(folder.name), "20000 60999\n")  # the harness's free range overlaps it
         self.patch(ports, "EPHEMERAL_RANGE_PATH", proc)
         events = _capture()
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
