@@ -166,6 +166,15 @@ def test_without_the_secret_a_body_over_the_small_cap_is_401_before_it_is_read()
     assert answer.closed and answer.chunks_read == 1
 
 
+def test_a_wrong_secret_in_the_query_does_not_open_the_full_cap() -> None:
+    api = Api(SECRET)
+    length = UNAUTHENTICATED_BODY_BYTES * 3
+    answer = api.send(head("POST", "/api/sessions?secret=wrong",
+                           {"Content-Type": "application/json"}, length), b"{" * length)
+    assert (answer.status, answer.code) == (401, codes.AUTH_FAILED)
+    assert answer.closed and answer.chunks_read == 1
+
+
 def test_with_the_secret_in_the_query_or_header_a_larger_body_is_read() -> None:
     api = Api(SECRET)
     body = json.dumps({"kind": "nothing", "pad": "x" * (UNAUTHENTICATED_BODY_BYTES * 2)})

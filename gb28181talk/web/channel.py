@@ -58,9 +58,9 @@ FULL = BodyLimit(
 
 WITHOUT_SECRET = BodyLimit(
     UNAUTHENTICATED_BODY_BYTES, 401, codes.AUTH_FAILED,
-    f"this API needs the secret, and reads at most {UNAUTHENTICATED_BODY_BYTES} bytes of body "
-    "to look for it there: put secret=... in the query string or send 'Authorization: Bearer "
-    "...'",
+    "this API needs the secret, and without the right one in the query string or a bearer "
+    f"header it reads at most {UNAUTHENTICATED_BODY_BYTES} bytes of body (to look for it "
+    "there): put secret=... in the query string or send 'Authorization: Bearer ...'",
 )
 """The limit while the secret is needed and could only be in the body."""
 
