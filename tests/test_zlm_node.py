@@ -25,6 +25,7 @@ from gb28181talk.testing import BusyPortsReactor
 from gb28181talk.web import codes
 from gb28181talk.web.common import ApiError
 from gb28181talk.web.hooks import HookDeliverer
+from gb28181talk.web.start import parse_zlm_start
 from gb28181talk.web.zlm_events import CHECK_INTERVAL, NodeEvents
 from gb28181talk.web.zlm_node import FIRED_HOOKS, HOOKS, NodeSettings
 from gb28181talk.web.zlm_streams import StreamView
@@ -243,3 +244,20 @@ def test_the_ssrc_text_is_echoed_as_given(ssrc: int, zeros: int) -> None:
     assert params.ssrc_echo == text
     assert SessionParams(SessionKey(codes.DEFAULT_VHOST, "a", "b", ssrc)).ssrc_echo == (
         f"{ssrc:010d}")
+
+
+@pytest.mark.parametrize(("delay", "seconds"), [
+    ("10000000", 10_000.0), ("4294967295", 4_294_967.295), ("0", 5.0), ("", 5.0)])
+def test_close_delay_ms_takes_zlmediakits_whole_uint32(delay: str, seconds: float) -> None:
+    request = parse_zlm_start({"app": "broadcast", "stream": "tone", "ssrc": "777",
+                               "close_delay_ms": delay}, 5.0)
+    assert request.params.wait_timeout == seconds
+    assert request.params.ssrc_text == "777" and request.params.key.ssrc == 777
+
+
+@pytest.mark.parametrize("delay", ["4294967296", "-1", "1e9", "x"])
+def test_close_delay_ms_beyond_uint32_is_refused(delay: str) -> None:
+    with pytest.raises(ApiError) as refused:
+        parse_zlm_start({"app": "broadcast", "stream": "tone", "ssrc": "1",
+                         "close_delay_ms": delay}, 5.0)
+    assert refused.value.code == codes.INVALID_ARGS and "close_delay_ms" in refused.value.msg
