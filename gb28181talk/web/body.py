@@ -41,6 +41,7 @@ _STRING = re.compile(rb'"[^"]*"')
 _NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
 _INNERMOST_PAIR = re.compile(rb"\[\]|\{\}")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_OPENERS_IN_A_ROW = re.compile(rb"[\[{]{%d,}" % (MAX_JSON_DEPTH + 1))
 
 
 def parse_body(data: bytes, content_type: str, path: str) -> dict[str, Any]:
@@ -115,7 +116,9 @@ def too_deep(data: bytes) -> bool:
     Strings (and escapes) are blanked out, then innermost bracket pairs are
     removed one level per pass, each pass a C-speed regex over what is left:
     a body whose brackets do not all go in MAX_JSON_DEPTH passes is deeper.
-    Brackets that never pair (invalid JSON) are left to the parser to report.
+    Brackets that never pair (invalid JSON) count as too deep when more than
+    MAX_JSON_DEPTH open in a row; other invalid JSON is the parser's to report
+    (and a RecursionError from it is still answered as too deep).
     """
     if data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH:
         return False
@@ -125,14 +128,9 @@ def too_deep(data: bytes) -> bool:
             return False
         fewer = _INNERMOST_PAIR.sub(b"", brackets)
         if fewer == brackets:
-            return len(brackets) > 2 * MAX_JSON_DEPTH and _opens_deep(brackets)
+            return _OPENERS_IN_A_ROW.search(brackets) is not None
         brackets = fewer
     return bool(brackets) and _INNERMOST_PAIR.search(brackets) is not None
-
-
-def _opens_deep(brackets: bytes) -> bool:
-    """Whether unpaired brackets open more than MAX_JSON_DEPTH levels in a row."""
-    return b"[" * (MAX_JSON_DEPTH + 1) in brackets or b"{" * (MAX_JSON_DEPTH + 1) in brackets
 
 
 def surrogate_at(value: Any, where: str = "") -> str | None:
