@@ -12,7 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.trial import unittest
@@ -41,7 +41,8 @@ from gb28181talk.media.law import Law
 from gb28181talk.sources.push import PushSource
 from gb28181talk.sources.registry import SourceRegistry
 from gb28181talk.sources.tone import ToneSource
-from gb28181talk.web.push import PushProtocol, PushResource
+from gb28181talk.web import push as web_push
+from gb28181talk.web.push import PushProtocol, PushResource, peer_hung_up
 from tests.httpapi import call
 from tests.test_sources import goertzel_ratio, read_all, tone_pcm, zero_crossing_frequency
 
@@ -443,6 +444,51 @@ class PushResourceTests(unittest.TestCase):
         await until(lambda: source.pusher is None)
 
 
+    # -- issue 12 item 5: a paused pusher that hangs up is noticed
+
+    async def paused_pusher(self, stream: str) -> tuple[PushSource, RawWebSocket, Any]:
+        """A pusher whose reading is paused (backlog full), with audio still unread."""
+        source = self.registry.create(
+            {"app": "live", "stream": stream, "kind": "push", "max_backlog_ms": 200}
+        )
+        raw = await self.raw(f"/api/push/live/{stream}")
+        await until(lambda: source.pusher is not None)
+        for _ in range(10):  # 10 s at once: more than one read, so some stays unread
+            raw.send_bytes(bytes(16000))
+        await until(lambda: source.paused)
+        server_socket = source.pusher.transport.transport.getHandle()
+        assert not peer_hung_up(server_socket)
+        return source, raw, server_socket
+
+    @async_test
+    async def test_a_paused_pusher_that_hung_up_gives_way_to_the_next(self) -> None:
+        source, raw, server_socket = await self.paused_pusher("gone")
+        heard_ms = source.backlog_ms
+        raw.transport.loseConnection()  # a FIN the paused server never reads
+        await raw.done
+        await until(lambda: peer_hung_up(server_socket))
+        assert source.pusher is not None, "noticed before anyone asked (the test is moot)"
+        second = await self.connect("/api/push/live/gone")  # not 409 "already has a pusher"
+        await until(lambda: len(self.connections.protocols) == 1)
+        assert source.pusher is not None and source.describe()["pushers_total"] == 2
+        assert source.backlog_ms == heard_ms, "the audio it sent before is kept"
+        assert len(read_all(source)) == heard_ms // 20
+        left = source.backlog_ms  # under a frame
+        second.transport.sendBytesMessage(bytes(320))  # type: ignore[union-attr]
+        await until(lambda: source.backlog_ms == left + 20)
+        await self.hang_up(second, source)
+
+    @async_test
+    async def test_a_paused_pusher_that_hung_up_is_freed_when_nobody_reads(self) -> None:
+        source, raw, _ = await self.paused_pusher("idle")
+        raw.transport.loseConnection()
+        await raw.done
+        await until(lambda: source.pusher is None)  # the paused check, nobody reading
+        await until(lambda: not self.connections.protocols)
+        assert not source.ended and source.backlog_ms > 0, "its audio stays to be played"
+        assert source.describe()["pusher"] is None
+
+
 class FakeWebSocket:
     """Records what a PushProtocol sends."""
 
@@ -480,3 +526,88 @@ def test_push_source_keeps_partial_samples_between_messages() -> None:
     assert source.read_frame() == struct.pack("<2h", 200, -200) * 80
     info = source.describe()
     assert (info["channels"], info["format"], info["pusher"]) == (2, "pcm16", None)
+
+
+# --------------------------------------------------------------- the paused check, on a Clock
+
+
+class FakeNetwork:
+    """A pusher's TCP transport: flow control calls, an abort, a reactor and a socket."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.reactor = clock
+        self.calls: list[str] = []
+        self.hung_up = False
+
+    def pauseProducing(self) -> None:
+        self.calls.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.calls.append("resume")
+
+    def stopProducing(self) -> None:
+        self.calls.append("stop")
+
+    def abortConnection(self) -> None:
+        self.calls.append("abort")
+
+    def loseConnection(self) -> None:
+        self.calls.append("lose")
+
+    def getHandle(self) -> FakeNetwork:
+        return self
+
+
+class FakeWireSocket(FakeWebSocket):
+    def __init__(self, network: FakeNetwork) -> None:
+        super().__init__()
+        self.transport = network
+
+
+def paused_protocol(monkeypatch: Any) -> tuple[Clock, FakeNetwork, PushSource, PushProtocol]:
+    from twisted.internet.interfaces import IPushProducer
+    from zope.interface import directlyProvides
+
+    clock = Clock()
+    network = FakeNetwork(clock)
+    directlyProvides(network, IPushProducer)
+    monkeypatch.setattr(web_push, "peer_hung_up", lambda handle: handle.hung_up)
+    source = PushSource("live", "p", max_backlog_ms=100, prefill_ms=20)
+    pusher = PushProtocol(source, "10.0.0.7:4000")
+    pusher.negotiationStarted(FakeWireSocket(network))  # type: ignore[arg-type]
+    pusher.negotiationFinished()
+    source.push_bytes(bytes(16 * 1000))  # a second: over the backlog, so reading pauses
+    assert network.calls == ["pause"] and source.paused
+    return clock, network, source, pusher
+
+
+def test_the_paused_check_frees_a_hung_up_pusher_nobody_reads(monkeypatch: Any) -> None:
+    clock, network, source, pusher = paused_protocol(monkeypatch)
+    clock.advance(web_push.HANGUP_CHECK_SECONDS * 3)
+    assert source.pusher is pusher and network.calls == ["pause"], "alive: left alone"
+    network.hung_up = True
+    clock.advance(web_push.HANGUP_CHECK_SECONDS)
+    assert source.pusher is None and network.calls == ["pause", "abort"]
+    assert source.backlog_ms == 1000 and not source.ended
+    assert not clock.getDelayedCalls(), "no check left behind"
+
+
+def test_the_paused_check_leaves_a_hung_up_pusher_whose_audio_is_being_read(
+    monkeypatch: Any,
+) -> None:
+    clock, network, source, pusher = paused_protocol(monkeypatch)
+    network.hung_up = True
+    source.read_frame()  # a listener plays it: reading resumes in time and hears the FIN
+    clock.advance(web_push.HANGUP_CHECK_SECONDS)
+    assert source.pusher is pusher and network.calls == ["pause"]
+    clock.advance(web_push.HANGUP_CHECK_SECONDS)  # nothing read since: free it
+    assert source.pusher is None and network.calls == ["pause", "abort"]
+
+
+def test_resuming_stops_the_paused_check(monkeypatch: Any) -> None:
+    clock, network, source, pusher = paused_protocol(monkeypatch)
+    while source.paused:
+        assert source.read_frame() is not None
+    assert network.calls == ["pause", "resume"] and not clock.getDelayedCalls()
+    pusher.connectionLost(Failure(ConnectionError("gone")))
+    assert source.pusher is None and not clock.getDelayedCalls()

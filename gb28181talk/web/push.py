@@ -32,16 +32,24 @@ pusher's TCP transport stops reading (``pauseProducing``), so the client's
 sends back up in the kernel and a client pushing a whole file faster than
 real time is slowed to the pace the pacer reads; reading resumes once the
 backlog drains under half.  A push source nobody listens to is not read, so
-its pusher stays paused until a talk session listens.
+its pusher stays paused until a talk session listens.  A paused socket is not
+read, so a client that hangs up then is noticed by peeking at the socket
+(Linux sees the FIN behind unread data): when another pusher asks for the
+source, or on a check every second while nobody reads the source, the gone
+pusher is dropped (what it sent that was never read is discarded; what the
+source already holds still plays) and the source is free again.
 """
 
 from __future__ import annotations
 
 import json
+import select
+import socket
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -87,29 +95,163 @@ NOT_WEBSOCKET_CODE = -300
 """The ``code`` of the refusal of a request that is not a WebSocket handshake."""
 
 
+HANGUP_CHECK_SECONDS = 1.0
+"""How often a paused pusher's socket is checked for the client's hang-up (FIN or RST)."""
+
+
+def peer_hung_up(handle: Any) -> bool:
+    """Whether the peer has closed or reset the socket ``handle``, even with data unread.
+
+    A paused pusher's socket is not read, so its FIN waits behind the unread
+    audio; on Linux ``POLLRDHUP`` sees it there.  Elsewhere a peek sees the
+    end only once nothing is left unread.
+    """
+    try:
+        fd = handle.fileno()
+    except (AttributeError, OSError, ValueError):
+        return True
+    if fd < 0:
+        return True
+    rdhup = getattr(select, "POLLRDHUP", 0)
+    if rdhup and hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, rdhup)
+        gone = rdhup | select.POLLHUP | select.POLLERR | select.POLLNVAL
+        return any(events & gone for _, events in poller.poll(0))
+    try:
+        return handle.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+
+
 def _json_error(message: str, code: int = ERROR_CODE) -> str:
     return json.dumps({"code": code, "msg": message}, ensure_ascii=False)
 
 
 @implementer(IPushProducer)
 class _ReadPauser:
-    """Pauses and resumes reading from the pusher's TCP connection for flow control."""
+    """Pauses and resumes reading from the pusher's TCP connection for flow control.
 
-    def __init__(self, network: Any) -> None:
+    A paused socket is not read, so the client's hang-up (its FIN) is never
+    seen there: while paused, every :data:`HANGUP_CHECK_SECONDS` on ``clock``
+    the socket is checked, and ``hung_up`` is called once the client has gone
+    while nothing was read from the source since the last check (nobody
+    listens, so reading would never resume).  While the source is read,
+    reading resumes in time and the FIN is read as usual.
+    """
+
+    def __init__(
+        self, network: Any, clock: IReactorTime | None, progress: Callable[[], int],
+        hung_up: Callable[[], None],
+    ) -> None:
         self._network = network
+        self._clock = clock
+        self._progress = progress
+        self._hung_up = hung_up
+        self._progress_at = 0
+        self._check: IDelayedCall | None = None
         self.connected = True
+        self.paused = False
 
     def pauseProducing(self) -> None:
         if self.connected:
+            self.paused = True
             self._network.pauseProducing()
+            self._progress_at = self._progress()
+            self._schedule()
 
     def resumeProducing(self) -> None:
+        self.paused = False
+        self._cancel()
         if self.connected:
             self._network.resumeProducing()
 
     def stopProducing(self) -> None:
+        self._cancel()
         if self.connected:
             self._network.loseConnection()
+
+    def peer_gone(self) -> bool:
+        """Whether reading is paused and the client has hung up meanwhile."""
+        if not (self.connected and self.paused):
+            return False
+        handle = _socket_of(self._network)
+        return handle is not None and peer_hung_up(handle)
+
+    def unread_bytes(self) -> int | None:
+        """Bytes the client sent that wait unread in the kernel, where the OS tells."""
+        handle = _socket_of(self._network)
+        try:
+            import fcntl
+            import termios
+
+            answer = fcntl.ioctl(handle.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        except (AttributeError, ImportError, OSError, ValueError):
+            return None
+        return int.from_bytes(answer, sys.byteorder)
+
+    def disconnect(self) -> None:
+        """The connection is gone or being dropped: touch it no more."""
+        self.connected = False
+        self._cancel()
+
+    def abort(self) -> None:
+        """Drop the connection at once; what it has not read is discarded."""
+        self.disconnect()
+        abort = getattr(self._network, "abortConnection", None)
+        (abort or self._network.loseConnection)()
+
+    def _schedule(self) -> None:
+        if self._check is None and self._clock is not None:
+            self._check = self._clock.callLater(HANGUP_CHECK_SECONDS, self._paused_check)
+
+    def _cancel(self) -> None:
+        if self._check is not None:
+            if self._check.active():
+                self._check.cancel()
+            self._check = None
+
+    def _paused_check(self) -> None:
+        self._check = None
+        if not (self.connected and self.paused):
+            return
+        progress = self._progress()
+        if progress == self._progress_at and self.peer_gone():
+            self._hung_up()
+            return
+        self._progress_at = progress
+        self._schedule()
+
+
+def _socket_of(network: Any) -> Any:
+    """The socket under a pusher's transport (under TLS too), else the first handle, or None."""
+    layer, first = network, None
+    for _ in range(4):
+        get_handle = getattr(layer, "getHandle", None)
+        if get_handle is not None:
+            handle = get_handle()
+            if isinstance(handle, socket.socket):
+                return handle
+            first = handle if first is None else first
+        layer = getattr(layer, "transport", None)
+        if layer is None:
+            break
+    return first
+
+
+def _reactor_of(network: Any) -> IReactorTime | None:
+    """The reactor a pusher's connection runs on (under TLS too), for the paused check."""
+    layer = network
+    for _ in range(4):
+        reactor = getattr(layer, "reactor", None)
+        if reactor is not None and hasattr(reactor, "callLater"):
+            return reactor  # type: ignore[no-any-return]
+        layer = getattr(layer, "transport", None)
+        if layer is None:
+            break
+    return None
 
 
 class _StreamedMessage:
@@ -148,17 +290,21 @@ class PushProtocol:
     """
 
     def __init__(
-        self, source: PushSource, peer: str, max_message_bytes: int = MAX_MESSAGE_BYTES
+        self, source: PushSource, peer: str, max_message_bytes: int = MAX_MESSAGE_BYTES,
+        clock: IReactorTime | None = None,
     ) -> None:
         self.source = source
         self.peer = peer
         self.max_message_bytes = max_message_bytes
+        self.clock = clock
+        """Runs the paused check; None: the reactor the connection runs on."""
         self.transport: WebSocketTransport | None = None
         self._refusal: tuple[int, str] | None = None
         self._pauser: _ReadPauser | None = None
         self._gone = False
         self._streamed = False
         self._message_bytes = 0
+        free_if_hung_up(source)
         if not source.claim(self):
             self._refusal = (CLOSE_POLICY, _busy_message(source))
 
@@ -187,7 +333,11 @@ class PushProtocol:
             return
         network = getattr(self.transport, "transport", None)
         if network is not None and IPushProducer.providedBy(network):
-            self._pauser = _ReadPauser(network)
+            self._pauser = _ReadPauser(
+                network, self.clock or _reactor_of(network),
+                lambda: int(self.source.describe()["frames_read"]),
+                lambda: self.abandon("nobody is reading the source"),
+            )
             self.source.attach_producer(self._pauser)
         log.info(
             "pusher {peer} connected to {app}/{stream}",
@@ -242,7 +392,7 @@ class PushProtocol:
     def connectionLost(self, reason: Failure) -> None:
         self._gone = True
         if self._pauser is not None:
-            self._pauser.connected = False
+            self._pauser.disconnect()
         if self.source.release(self):
             log.info(
                 "pusher {peer} left {app}/{stream}",
@@ -255,6 +405,26 @@ class PushProtocol:
         """The source was deleted: hang up with close code 1001 and ``reason``."""
         self.refuse(CLOSE_GOING_AWAY, reason)
 
+    def hung_up_while_paused(self) -> bool:
+        """Whether the client hung up while its reading was paused (the FIN waits unread)."""
+        return not self._gone and self._pauser is not None and self._pauser.peer_gone()
+
+    def abandon(self, why: str) -> None:
+        """The client hung up while paused: free the source (its audio stays) and drop us."""
+        if self._gone or self._pauser is None:
+            return
+        self._gone = True
+        pauser = self._pauser
+        unread = pauser.unread_bytes()
+        self.source.release(self)
+        log.info(
+            "pusher {peer} of {app}/{stream} hung up while its reading was paused (the "
+            "backlog was full); {why}, so the source is free again ({unread} bytes it sent "
+            "were never read)", peer=self.peer, app=self.source.app, stream=self.source.stream,
+            why=why, unread="?" if unread is None else unread,
+        )
+        pauser.abort()
+
     def refuse(self, code: int, reason: str) -> None:
         """Tell the client why (a JSON text message), then close with ``code`` and ``reason``."""
         if self._refusal is None:
@@ -263,10 +433,17 @@ class PushProtocol:
             return
         self._gone = True
         if self._pauser is not None:
-            self._pauser.connected = False
+            self._pauser.disconnect()
         self.transport.sendTextMessage(_json_error(reason))
         short = reason.encode("utf-8")[:123].decode("utf-8", "ignore")  # RFC 6455 limit
         self.transport.loseConnection(code, short)  # type: ignore[call-arg]
+
+
+def free_if_hung_up(source: PushSource) -> None:
+    """Take ``source`` from a pusher that hung up while paused, so a new pusher can have it."""
+    pusher = source.pusher
+    if isinstance(pusher, PushProtocol) and pusher.hung_up_while_paused():
+        pusher.abandon("a new pusher asks for the source")
 
 
 def _nothing() -> None:
@@ -390,6 +567,7 @@ class PushResource(Resource):
         refusal = _not_a_handshake(request, app, stream)
         if refusal is not None:
             return refusal
+        free_if_hung_up(source)
         if source.pusher is not None or source.ended:
             return _JsonRefusal(409, _busy_message(source))
         return WebSocketResource(_PushFactory(source, self.max_message_bytes))
