@@ -134,9 +134,11 @@ class WvpSequenceTests(unittest.TestCase):
         assert unoffered.json == {"code": 0, "data": []}
 
         # 6. Talk: startSendRtpPassive with wvp's talk-length close_delay_ms, ssrc as given.
+        # The fields of ZLMMediaNodeServerService.startSendRtpPassive (wvp), a TCP device.
         started = await self.wvp("startSendRtpPassive", vhost=codes.DEFAULT_VHOST,
                                  app="broadcast", stream="talk", ssrc="777", src_port=0,
-                                 pt=8, use_ps=0, only_audio=1, close_delay_ms=10_000_000)
+                                 pt=8, use_ps=0, only_audio=1, is_udp=0,
+                                 enable_origin_recv_limit=1, close_delay_ms=10_000_000)
         assert started.code == 0, started.json
         port = started.json["local_port"]
         assert self.harness.low <= port <= self.harness.high
