@@ -21,6 +21,8 @@ from gb28181talk.core.params import Packaging
 from gb28181talk.media import resample
 from gb28181talk.media.law import Law
 from gb28181talk.media.wav import read_wav, write_wav
+from gb28181talk.signalling.sdp import parse_sdp
+from gb28181talk.sip.seam import TalkSignalling, device_stream_name
 from gb28181talk.sources import file as file_source
 from gb28181talk.web import codes
 from gb28181talk.web.common import ApiError
@@ -32,6 +34,7 @@ from tests.httpapi import ServiceHarness, async_test, call, read_body, until
 from tests.netutil import port_is_free
 from tests.test_push import PushClientFactory
 from tests.test_sources import goertzel_ratio, tone_pcm
+from tests.test_talk_signalling import TALK_OFFER
 
 
 class NativeApiTests(unittest.TestCase):
@@ -506,3 +509,41 @@ def test_native_defaults_are_raw_pcma_pt_8() -> None:
     params = parse_native_start({"app": "a", "stream": "s", "ssrc": 1}, 4.0).params
     assert (params.packaging, params.law, params.rtp_payload_type) == (Packaging.RAW, Law.ALAW, 8)
     assert params.wait_timeout == 4.0 and not params.receive
+
+
+class OneCoreTests(unittest.TestCase):
+    """HTTP and SIP drive the same core: a SIP call is listed, replaced and refused alike."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.harness = ServiceHarness(ports=3)
+        self.harness.start()
+
+    def tearDown(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self.harness.stop())
+
+    @async_test
+    async def test_a_sip_two_way_call_is_listed_with_its_device_source(self) -> None:
+        await self.harness.add_tone()
+        signalling = TalkSignalling(self.harness.service.control, advertise_ip="127.0.0.1")
+        offer = TALK_OFFER.replace("192.0.2.20", "127.0.0.1")
+        answer = parse_sdp(signalling.prepare("call-1", offer, "broadcast", "tone"))
+        native = await call("POST", self.harness.url("/api/sessions"),
+                            json_body={"app": "broadcast", "stream": "tone",
+                                       "ssrc": 100000123})
+        assert native.json["code"] == 0, native.json
+        assert native.json["local_port"] != answer.port, "a key and a Call-ID: two sessions"
+        listed = await call("GET", self.harness.url("/api/sessions"))
+        views = {view["local_port"]: view for view in listed.json["sessions"]}
+        assert views[answer.port]["recv_stream_id"] == device_stream_name("call-1")
+        assert views[answer.port]["codec"] == "PCMU"
+        sources = await call("GET", self.harness.url("/api/sources"))
+        kinds = {source["stream"]: source["kind"] for source in sources.json["sources"]}
+        assert kinds[device_stream_name("call-1")] == "device"
+        signalling.release("call-1")
+        after = await call("GET", self.harness.url("/api/sessions"))
+        assert [view["local_port"] for view in after.json["sessions"]] == [
+            native.json["local_port"]]
+        gone = await call("GET", self.harness.url("/api/sources"))
+        assert device_stream_name("call-1") not in {s["stream"] for s in gone.json["sources"]}
