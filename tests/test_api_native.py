@@ -512,7 +512,7 @@ def test_native_defaults_are_raw_pcma_pt_8() -> None:
 
 
 class OneCoreTests(unittest.TestCase):
-    """HTTP and SIP drive the same core: a SIP call is listed, replaced and refused alike."""
+    """HTTP and SIP drive the same core: a SIP call shows in the native API with its wiring."""
 
     timeout = 30
 
