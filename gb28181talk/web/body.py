@@ -33,10 +33,12 @@ UNAUTHENTICATED_BODY_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 32
 """Deepest nesting of arrays and objects accepted in a JSON body (ours are 2 deep)."""
 
+MAX_JSON_CONTAINERS = 4096
+"""Most arrays and objects accepted in one JSON body (ours hold a handful); bounds the scan."""
+
 JSON_TYPE = "application/json"
 FORM_TYPE = "application/x-www-form-urlencoded"
 
-_ESCAPE = re.compile(rb"\\.", re.DOTALL)
 _STRING = re.compile(rb'"[^"]*"')
 _NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
 _INNERMOST_PAIR = re.compile(rb"\[\]|\{\}")
@@ -74,18 +76,17 @@ def parse_body(data: bytes, content_type: str, path: str) -> dict[str, Any]:
 
 def parse_json(data: bytes, path: str) -> dict[str, Any]:
     """A JSON object nested at most MAX_JSON_DEPTH deep whose text can all be encoded."""
-    if too_deep(data):
-        log.info("refused a JSON body nested deeper than {limit} levels for {path}",
-                 limit=MAX_JSON_DEPTH, path=path)
-        raise _not_json(f"it is nested deeper than {MAX_JSON_DEPTH} levels")
-    try:
-        value = json.loads(data)
-    except RecursionError:  # unbalanced brackets the scan could not pair
-        log.info("refused a JSON body nested deeper than {limit} levels for {path}",
-                 limit=MAX_JSON_DEPTH, path=path)
-        raise _not_json(f"it is nested deeper than {MAX_JSON_DEPTH} levels") from None
-    except (ValueError, UnicodeDecodeError) as error:
-        raise _not_json(str(error)) from None
+    problem = shape_problem(data)
+    if problem is None:
+        try:
+            value = json.loads(data)
+        except RecursionError:  # unbalanced brackets the scan could not pair
+            problem = f"it is nested deeper than {MAX_JSON_DEPTH} levels"
+        except (ValueError, UnicodeDecodeError) as error:
+            raise _not_json(str(error)) from None
+    if problem is not None:
+        log.info("refused a JSON body for {path}: {problem}", path=path, problem=problem)
+        raise _not_json(problem)
     if not isinstance(value, dict):
         raise ApiError(
             codes.INVALID_ARGS,
@@ -110,19 +111,33 @@ def _not_json(detail: str) -> ApiError:
     )
 
 
-def too_deep(data: bytes) -> bool:
-    """Whether JSON text nests arrays/objects deeper than MAX_JSON_DEPTH, without parsing it.
+def shape_problem(data: bytes) -> str | None:
+    """Why JSON text is refused before it is parsed (too deep, too many arrays), or None.
 
-    Strings (and escapes) are blanked out, then innermost bracket pairs are
-    removed one level per pass, each pass a C-speed regex over what is left:
-    a body whose brackets do not all go in MAX_JSON_DEPTH passes is deeper.
+    Strings (and escapes) are blanked out and the brackets left are counted
+    (at most MAX_JSON_CONTAINERS pairs), then innermost pairs are removed one
+    level per pass, each pass a C-speed regex over at most 8 KiB: a body
+    whose brackets do not all go in MAX_JSON_DEPTH passes is deeper.
     Brackets that never pair (invalid JSON) count as too deep when more than
     MAX_JSON_DEPTH open in a row; other invalid JSON is the parser's to report
     (and a RecursionError from it is still answered as too deep).
     """
     if data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH:
-        return False
-    brackets = _NOT_BRACKET.sub(b"", _STRING.sub(b"", _ESCAPE.sub(b"", data)))
+        return None
+    # Escaped backslashes, then escaped quotes, go first (bytes.replace pairs a run of
+    # backslashes from its left, as JSON does), so every quote left bounds a string.
+    unescaped = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside_strings = _STRING.sub(b"", unescaped)
+    if outside_strings.count(b"[") + outside_strings.count(b"{") > MAX_JSON_CONTAINERS:
+        return (f"it holds more than {MAX_JSON_CONTAINERS} arrays and objects; at most "
+                f"{MAX_JSON_DEPTH} levels deep are read")
+    if too_deep(_NOT_BRACKET.sub(b"", outside_strings)):
+        return f"it is nested deeper than {MAX_JSON_DEPTH} levels"
+    return None
+
+
+def too_deep(brackets: bytes) -> bool:
+    """Whether a string of JSON's brackets alone nests deeper than MAX_JSON_DEPTH."""
     for _ in range(MAX_JSON_DEPTH):
         if not brackets:
             return False
