@@ -355,6 +355,13 @@ def test_a_foreign_origin_is_refused(secret: str | None) -> None:
     assert same.code == 0, same.json
 
 
+def test_the_api_own_page_behind_a_tls_proxy_is_same_origin() -> None:
+    api = Api(SECRET)
+    answer = api.json("POST", f"/api/sessions?secret={SECRET}", START,
+                      headers={"Host": "talk.example.org", "Origin": "https://talk.example.org"})
+    assert answer.code == 0, answer.json
+
+
 def test_a_page_of_another_site_cannot_start_a_session_with_a_get() -> None:
     """An <img src=...> sends no Origin on a GET; browsers mark it Sec-Fetch-Site: cross-site."""
     api = Api()

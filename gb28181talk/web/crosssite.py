@@ -91,7 +91,7 @@ class SiteGuard:
         """The refusal of a cross-site or foreign-Host request, or None to serve it."""
         host = _header(request, b"host")
         origin = _header(request, b"origin")
-        if origin is not None and not self._same_origin(request, origin, host):
+        if origin is not None and not self._same_origin(origin, host):
             return ApiError(
                 codes.AUTH_FAILED,
                 f"cross-site request refused: Origin {origin} is not this API's own "
@@ -119,15 +119,17 @@ class SiteGuard:
             )
         return None
 
-    def _same_origin(self, request: Request, origin: str, host: str | None) -> bool:
+    def _same_origin(self, origin: str, host: str | None) -> bool:
         try:
             parts = urlsplit(origin.strip())
             origin_port = parts.port
         except ValueError:
             return False
-        scheme = "https" if request.isSecure() else "http"
-        if parts.scheme.lower() != scheme or not parts.hostname:
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not parts.hostname:
             return False
+        # Ports default by the page's scheme on both sides, so a page served through a
+        # TLS-terminating proxy (Origin https://host, Host: host) is the API's own.
         default = 443 if scheme == "https" else 80
         origin_name = parts.hostname.lower().rstrip(".")
         if host is None:  # HTTP/1.0 without Host: only the API's own names can be its pages
