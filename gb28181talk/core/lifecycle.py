@@ -7,11 +7,11 @@ in one state is held by that state's data: :class:`Listening` holds the wait
 timer and the transport still waiting for a device, :class:`Streaming` the
 device link and the send-stall timer.  Each state lets go of its own things
 in one place (``leave``), whichever way it is left.  Every transition is
-declared in :func:`_build`, in one table.
+declared in :func:`_build`, in one table; :func:`new_lifecycle` makes one.
 
 ``Idle`` (constructed, not started) --start--> ``Listening``
 --device_connected--> ``Streaming``; ``Idle``, ``Listening`` and ``Streaming``
---end--> ``Closed``.  :meth:`Lifecycle.end` claims the one
+--end--> ``Closed``.  :meth:`SessionCore.end` claims the one
 :class:`EndReason` first, so an ending happens exactly once however many
 parts ask for it.  Nothing here is read per packet: the sender and the
 receiver are told once, on the transitions.
@@ -65,8 +65,8 @@ class SessionCore:
     pacer: Any
     observer: Any
     transport: ITalkTransport
-    sender: Sender
-    receiver: Receiver
+    sender: Sender = field(init=False)
+    receiver: Receiver = field(init=False)
     state: SessionState = SessionState.LISTENING
     end_reason: EndReason | None = None
     end_detail: str = ""
@@ -84,9 +84,30 @@ class SessionCore:
         self.end_detail = detail
         return True
 
-    def end_later(self, reason: EndReason, detail: str) -> None:
-        """A timer's way to end (through the session, so the reason is claimed once)."""
-        self.session.end(reason, detail)
+    def end(self, reason: EndReason, detail: str = "") -> bool:
+        """Closed, with ``reason``; False if the session had already ended (or is ending)."""
+        if not self.claim_end(reason, detail):
+            return False
+        assert self.machine is not None
+        self.machine.end()
+        return True
+
+    def wait_expired(self) -> None:
+        """The wait timer: no device came."""
+        self.end(
+            EndReason.TIMEOUT,
+            f"no device connected to port {self.transport.port} "
+            f"within {self.params.wait_timeout:g} s",
+        )
+
+    def stall_expired(self) -> None:
+        """The stall timer: the device read nothing for the whole stall timeout."""
+        params = self.params
+        self.end(
+            EndReason.SEND_STALLED,
+            f"the device read nothing for {params.stall_timeout:g} s "
+            f"with {params.max_send_buffer} bytes waiting",
+        )
 
     def close(self) -> None:
         """What every ending does after its state let go of its own: the shared parts."""
@@ -133,13 +154,7 @@ class Streaming:
 
 
 def _listening(machine: LifecycleInputs, core: SessionCore) -> Listening:
-    params = core.params
-    wait = core.reactor.callLater(
-        params.wait_timeout,
-        core.end_later,
-        EndReason.TIMEOUT,
-        f"no device connected to port {core.transport.port} within {params.wait_timeout:g} s",
-    )
+    wait = core.reactor.callLater(core.params.wait_timeout, core.wait_expired)
     return Listening(core.transport, wait)
 
 
@@ -167,7 +182,7 @@ def _build() -> Any:
         core.state = SessionState.STREAMING
         core.connected_at = now = core.reactor.seconds()
         core.peer = link.peer
-        core.receiver.start(now)
+        core.receiver.start(now, link.whole_packets)
         if core.params.receive_timeout is not None:
             core.sender.watch = core.receiver.check_timeout
         core.observer.session_connected(core.session, link.peer)
@@ -176,14 +191,7 @@ def _build() -> Any:
     @streaming.upon(LifecycleInputs.send_stalled).loop()
     def stalled(machine: LifecycleInputs, core: SessionCore, live: Streaming) -> None:
         if live.stall is None:
-            params = core.params
-            live.stall = core.reactor.callLater(
-                params.stall_timeout,
-                core.end_later,
-                EndReason.SEND_STALLED,
-                f"the device read nothing for {params.stall_timeout:g} s "
-                f"with {params.max_send_buffer} bytes waiting",
-            )
+            live.stall = core.reactor.callLater(core.params.stall_timeout, core.stall_expired)
 
     @streaming.upon(LifecycleInputs.send_drained).loop()
     def drained(machine: LifecycleInputs, core: SessionCore, live: Streaming) -> None:
@@ -224,33 +232,8 @@ def _build() -> Any:
 _MACHINE = _build()
 
 
-class Lifecycle:
-    """One talk session's machine and core: the inputs, and the one claim of an ending."""
-
-    def __init__(self, core: SessionCore) -> None:
-        self.core = core
-        self.machine: LifecycleInputs = _MACHINE(core)
-        core.machine = self.machine
-
-    def start(self) -> None:
-        """Listening: the transport is open; the wait timer runs; observers hear of it."""
-        self.machine.start()
-
-    def device_connected(self, link: IDeviceLink) -> None:
-        """Streaming (if still listening): the device's link goes to the sender."""
-        self.machine.device_connected(link)
-
-    def send_stalled(self) -> None:
-        """Run the stall timer (once) while streaming."""
-        self.machine.send_stalled()
-
-    def send_drained(self) -> None:
-        """Cancel the stall timer."""
-        self.machine.send_drained()
-
-    def end(self, reason: EndReason, detail: str = "") -> bool:
-        """Closed, with ``reason``; False if the session had already ended (or is ending)."""
-        if not self.core.claim_end(reason, detail):
-            return False
-        self.machine.end()
-        return True
+def new_lifecycle(core: SessionCore) -> LifecycleInputs:
+    """A fresh machine (in ``Idle``) for the talk session whose shared data is ``core``."""
+    machine: LifecycleInputs = _MACHINE(core)
+    core.machine = machine
+    return machine

@@ -44,6 +44,8 @@ class TcpLink:
     ``write`` is the writer's own bound method, so a packet costs no extra call here.
     """
 
+    whole_packets = False
+
     def __init__(
         self, transport: ITCPTransport, writer: PacketWriter, peer: tuple[str, int],
         framing: Framing,

@@ -7,8 +7,8 @@ skipped, the SSRC policy is applied (``strict``/``learn``/``off``, with an
 optional violation limit that ends the session), the payload is
 depacketized by the payload table (raw G.711, or MPEG-PS demuxed), decoded
 to PCM16 and handed to every :class:`IAudioSink`.  A sink that fails is
-logged, never allowed to break the session.  No reactor here: the clock is a
-callable.
+logged, never allowed to break the session.  No reactor here: the clock is
+anything with ``seconds()``.
 """
 
 from __future__ import annotations
@@ -42,14 +42,14 @@ class Receiver:
         params: SessionParams,
         sinks: Sequence[IAudioSink],
         end: Callable[[EndReason, str], Any],
-        seconds: Callable[[], float],
+        clock: Any,
         *,
         name: str = "",
     ) -> None:
         self.sinks = list(sinks)
         self.name = name
         self._end = end
-        self._seconds = seconds
+        self._clock = clock
         self._two_way = params.receive
         self._policy = params.ssrc_policy
         self._expected_ssrc = params.key.ssrc
@@ -57,6 +57,7 @@ class Receiver:
         self._law = params.law
         self._receive_timeout = params.receive_timeout
         self._decoder: FrameDecoder | None = None
+        self._whole_packets = False
         self._ps_demuxer: PsDemuxer | None = None
         self._learned_ssrc: int | None = None
         self.last_received_at = 0.0
@@ -66,9 +67,13 @@ class Receiver:
         self.rtcp_packets = 0
         self.ssrc_violations = 0
 
-    def start(self, now: float) -> None:
-        """A device is connected: from now on its RTP is heard (in two-way talk)."""
+    def start(self, now: float, whole_packets: bool = False) -> None:
+        """A device is connected: from now on its RTP is heard (in two-way talk).
+
+        ``whole_packets``: every piece of data is one packet (datagrams), nothing to deframe.
+        """
         self.last_received_at = now
+        self._whole_packets = whole_packets
         if self._two_way:
             self._decoder = FrameDecoder()
 
@@ -89,6 +94,9 @@ class Receiver:
         self.bytes_received += len(data)
         decoder = self._decoder
         if decoder is None:
+            return
+        if self._whole_packets:
+            self._packet(data)
             return
         try:
             packets = decoder.feed(data)
@@ -114,7 +122,7 @@ class Receiver:
         if self._policy is not SsrcPolicy.OFF and not self._ssrc_accepted(rtp.ssrc):
             return
         self.packets_received += 1
-        self.last_received_at = self._seconds()
+        self.last_received_at = self._clock.seconds()
         payload = by_payload_type(rtp.payload_type)
         if payload is not None and payload.law is not None:
             self._hear(payload.law, rtp.payload, rtp.timestamp)

@@ -68,7 +68,7 @@ class Sender:
         self._preroll: deque[bytes | None] | None = deque(maxlen=params.preroll_ms // FRAME_MS)
         self._chunks: list[bytes] = []
         self._write: Callable[[bytes, bytes], bool] | None = None
-        self._header: Callable[[int, int], bytes] = self.packetizer.framed_header
+        self._header: Callable[[int, int], bytes] | None = None
         self._last_send_at: float | None = None
         self._jitter_total = 0.0
         self._jitter_count = 0

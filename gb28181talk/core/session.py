@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gb28181talk.core.lifecycle import Lifecycle, SessionCore
+from gb28181talk.core.lifecycle import SessionCore, new_lifecycle
 from gb28181talk.core.pacer import Pacer
 from gb28181talk.core.params import (
     EndReason,
@@ -76,6 +76,8 @@ class TalkSession:
         self._observer = observer
         self._refused = 0
         self._started = False
+        self._opening = False
+        self._early_link: IDeviceLink | None = None
         if transport is None:
             transport = PassiveTcpTransport(
                 pool,
@@ -87,9 +89,7 @@ class TalkSession:
                 direct_send=direct_send,
             )
         self.transport = transport
-        self.sender = Sender(params, self.end, rng_seed=rng_seed, name=session_id)
-        self.receiver = Receiver(params, sinks, self.end, reactor.seconds, name=session_id)
-        self._core = SessionCore(
+        self._core = core = SessionCore(
             session=self,
             params=params,
             source=source,
@@ -97,11 +97,12 @@ class TalkSession:
             pacer=pacer,
             observer=observer,
             transport=transport,
-            sender=self.sender,
-            receiver=self.receiver,
             created_at=reactor.seconds(),
         )
-        self._lifecycle = Lifecycle(self._core)
+        end = core.end
+        self.sender = core.sender = Sender(params, end, rng_seed=rng_seed, name=session_id)
+        self.receiver = core.receiver = Receiver(params, sinks, end, reactor, name=session_id)
+        self._machine = new_lifecycle(core)
 
     # -- the public view -----------------------------------------------------
 
@@ -157,6 +158,7 @@ class TalkSession:
         if self._started:
             raise SessionError(f"talk session {self.id} was already started")
         self._started = True
+        self._opening = True
         try:
             self.transport.open(self)
             self._pacer.attach(self.source, self.sender)
@@ -164,8 +166,16 @@ class TalkSession:
             self.transport.close()
             self._pacer.detach(self.source, self.sender)
             self._core.state = SessionState.CLOSED
+            early, self._early_link = self._early_link, None
+            if early is not None:
+                early.close(abort=True)
             raise
-        self._lifecycle.start()
+        finally:
+            self._opening = False
+        self._machine.start()
+        early, self._early_link = self._early_link, None
+        if early is not None:  # a transport that had its device at once (a datagram one)
+            self._machine.device_connected(early)
 
     def stop(self, reason: EndReason = EndReason.STOPPED) -> bool:
         """End the session now, in any state; False if it had already ended."""
@@ -173,13 +183,16 @@ class TalkSession:
 
     def end(self, reason: EndReason, detail: str = "") -> bool:
         """The one way to ``closed``: everything is released, observers are told once."""
-        return self._lifecycle.end(reason, detail)
+        return self._core.end(reason, detail)
 
     # -- what the transport tells us (IDeviceHost) ----------------------------
 
     def device_connected(self, link: IDeviceLink) -> None:
         """The device is here: stream to it (pre-roll first)."""
-        self._lifecycle.device_connected(link)
+        if self._opening:  # delivered from within open(): streams once listening began
+            self._early_link = link
+            return
+        self._machine.device_connected(link)
 
     def device_refused(self, peer: tuple[str, int], why: str) -> None:
         """A connection was turned away: counted, logged, observers told."""
@@ -204,11 +217,11 @@ class TalkSession:
 
     def send_stalled(self) -> None:
         """The device stopped reading: end unless it drains within the stall timeout."""
-        self._lifecycle.send_stalled()
+        self._machine.send_stalled()
 
     def send_drained(self) -> None:
         """The device reads again."""
-        self._lifecycle.send_drained()
+        self._machine.send_drained()
 
     # -- views ---------------------------------------------------------------
 

@@ -30,6 +30,10 @@ class IDeviceLink(Interface):
         "always NONE for datagrams)."
     )
     queued = Attribute("Bytes accepted but not yet taken by the kernel (int; 0 for datagrams).")
+    whole_packets = Attribute(
+        "True if every piece the device sends (``data_from_device``) is one whole RTP or RTCP "
+        "packet, as a datagram is: nothing to deframe.  False for a byte stream."
+    )
 
     def write(header: bytes, payload: bytes) -> bool:
         """Send one RTP packet, ``header + payload``, in order; False if it was dropped.
@@ -77,7 +81,8 @@ class ITalkTransport(Interface):
         """Start waiting for the device on behalf of ``host``; returns the local port.
 
         Raises PortError (PortInUseError, PoolExhaustedError) if nothing could be
-        opened; then nothing is held.  At most one ``host.device_connected`` follows.
+        opened; then nothing is held.  At most one ``host.device_connected`` follows,
+        later or from within this call (a datagram transport has its device at once).
         """
 
     def close() -> None:
