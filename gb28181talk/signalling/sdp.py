@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from gb28181talk.errors import SdpError
+from gb28181talk.media.payload import DOWNLINK_PREFERENCE, identify
 
 __all__ = [
     "CONNECTION_VALUES",
@@ -41,8 +42,8 @@ _INVERSE_SETUP = {"active": "passive", "passive": "active", "actpass": "passive"
 _INVERSE_DIRECTION = {"recvonly": "sendonly", "sendonly": "recvonly", "sendrecv": "sendrecv",
                       "inactive": "inactive"}
 # The rtpmap this project writes for a chosen payload type the offer did not map itself.
-_DEFAULT_RTPMAP = {8: "PCMA/8000", 0: "PCMU/8000", 96: "PS/90000"}
-_USABLE_ENCODINGS = frozenset({"PCMA", "PCMU", "PS"})
+_DEFAULT_RTPMAP = {payload.payload_type: payload.rtpmap for payload in DOWNLINK_PREFERENCE}
+"""The rtpmap an unmapped GB28181 payload type stands for, from the payload table."""
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _SDP_LINE = re.compile(r"([A-Za-z])\s*=(.*)", re.DOTALL)
@@ -428,10 +429,7 @@ def build_sdp(sdp: AudioSdp) -> str:
 
 def _is_usable(offer: AudioSdp, payload_type: int) -> bool:
     """G.711 (PCMA, PCMU) or PS, judged by the rtpmap, else by the GB28181 numbers 8, 0, 96."""
-    encoding = offer.rtpmap_for(payload_type)
-    if encoding is None:
-        return payload_type in _DEFAULT_RTPMAP
-    return encoding.split("/", 1)[0].upper() in _USABLE_ENCODINGS
+    return identify(payload_type, offer.rtpmap_for(payload_type)) is not None
 
 
 def answer_for_offer(

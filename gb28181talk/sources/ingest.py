@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from gb28181talk.errors import RtpError, SourceError
 from gb28181talk.media import g711
 from gb28181talk.media.law import Law
+from gb28181talk.media.payload import PCMA, PCMU, PS, by_payload_type
 from gb28181talk.media.ps import PsDemuxer
 from gb28181talk.media.rtp import parse_rtp, seq_diff
 from gb28181talk.sources.base import integer_field, string_field
@@ -33,10 +34,10 @@ from gb28181talk.sources.live import LIVE_SPEC_FIELDS, LiveSource, live_options
 
 log = Logger()
 
-PT_PCMU = 0
-PT_PCMA = 8
-PT_PS = 96
-PAYLOAD_TYPES = {PT_PCMU: "PCMU", PT_PCMA: "PCMA", PT_PS: "PS"}
+PT_PCMU = PCMU.payload_type
+PT_PCMA = PCMA.payload_type
+PT_PS = PS.payload_type
+PAYLOAD_TYPES = {payload.payload_type: payload.encoding_name for payload in (PCMU, PCMA, PS)}
 """Payload types an RTP source accepts and what each carries."""
 
 MAX_MISORDER = 100
@@ -232,10 +233,9 @@ class RtpIngestSource(LiveSource):
         """Decode a packet that is next in order and feed its audio."""
         self._expected = (packet.sequence + 1) & 0xFFFF
         self._recent.append(packet.sequence)
-        if packet.payload_type == PT_PCMA:
-            pcm = g711.decode(Law.ALAW, packet.payload)
-        elif packet.payload_type == PT_PCMU:
-            pcm = g711.decode(Law.ULAW, packet.payload)
+        payload = by_payload_type(packet.payload_type)
+        if payload is not None and payload.law is not None:  # raw PCMA or PCMU
+            pcm = g711.decode(payload.law, packet.payload)
         else:
             parts = [
                 # No PSM named the law yet: GB28181 audio is A-law unless said otherwise.
