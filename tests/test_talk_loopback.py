@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ConnectionRefusedError
 from twisted.trial.unittest import TestCase
 
@@ -19,6 +20,7 @@ from gb28181talk.media.law import Law
 from gb28181talk.media.rtp import RtpPacket
 from gb28181talk.testing import ListSource, RecordingObserver, RecordingSink
 from tests.devices import connect_device, sleep
+from tests.httpapi import until
 from tests.netutil import free_port_range, port_is_free
 
 SSRC = 200000001
@@ -26,6 +28,11 @@ SSRC = 200000001
 
 def key(n: int = 0) -> SessionKey:
     return SessionKey("__defaultVhost__", "live", "announce", SSRC + n)
+
+
+def waiting_for(condition: Any, timeout: float = 5.0) -> Deferred[None]:
+    """Turn the reactor until ``condition()`` holds (no fixed sleep a loaded machine outlasts)."""
+    return Deferred.fromCoroutine(until(condition, timeout))
 
 
 class LoopbackTalkTests(TestCase):
@@ -72,8 +79,7 @@ class LoopbackTalkTests(TestCase):
         self.assertTrue(port_is_free(session.port), "the talk port is free while the call lives")
         with self.assertRaises(ConnectionRefusedError):
             yield connect_device(session.port)
-        yield sleep(0.1)
-        self.assertGreater(len(first.received), 0)
+        yield waiting_for(lambda: len(first.received) > 0)
         self.assertIs(session.state, SessionState.STREAMING)
 
     @inlineCallbacks
@@ -88,17 +94,23 @@ class LoopbackTalkTests(TestCase):
         session = self.manager.start(SessionParams(key=key()), ListSource.counting(50, loop=True))
         clients = [socket.create_connection(("127.0.0.1", session.port)) for _ in range(3)]
         self.addCleanup(lambda: [c.close() for c in clients])
-        yield sleep(0.3)
-        fed = []
+        fed: list[bytes | None] = [None] * len(clients)
         for client in clients:
             client.setblocking(False)
-            try:
-                data = client.recv(65536)
-            except BlockingIOError:
-                data = None
-            except ConnectionResetError:
-                data = b""
-            fed.append(data)
+
+        def heard_from_each() -> bool:
+            for index, client in enumerate(clients):
+                if fed[index]:
+                    continue  # a winner: it has been fed
+                try:
+                    fed[index] = client.recv(65536) if fed[index] is None else b""
+                except BlockingIOError:
+                    pass
+                except ConnectionResetError:
+                    fed[index] = b""
+            return None not in fed
+
+        yield waiting_for(heard_from_each)
         winners = [data for data in fed if data]
         self.assertEqual(len(winners), 1, f"exactly one device streams, got {fed!r}")
         self.assertEqual(fed.count(b""), 2, "the others are closed at once")
@@ -109,7 +121,8 @@ class LoopbackTalkTests(TestCase):
         session = self.manager.start(
             SessionParams(key=key(), wait_timeout=0.2), ListSource.counting(50, loop=True)
         )
-        yield sleep(0.4)
+        yield waiting_for(lambda: session.state is SessionState.CLOSED
+                          and self.pool.free_count == self.pool.size)  # the lease came back
         self.assertEqual(session.end_reason, "timeout")
         self.assertTrue(port_is_free(session.port))
         self.assertEqual(self.pool.free_count, self.pool.size)
@@ -137,7 +150,7 @@ class LoopbackTalkTests(TestCase):
         # A device connecting gives its port back at once; stopping another frees one more.
         yield connect_device(sessions[0].port)
         sessions[1].stop()
-        yield sleep(0.05)
+        yield waiting_for(lambda: self.pool.free_count == 2)
         again = [self.manager.start(SessionParams(key=key(10 + n)), source) for n in range(2)]
         self.assertEqual({s.port for s in again}, {sessions[0].port, sessions[1].port})
 
@@ -164,7 +177,7 @@ class LoopbackTalkTests(TestCase):
             packet = RtpPacket(8, seq, seq * 160, SSRC, voice).encode()
             device.transport.write(frame_rfc4571(packet))
         device.transport.write(frame_rfc4571(RtpPacket(8, 99, 0, 12345, voice).encode()))
-        yield sleep(0.2)
+        yield waiting_for(lambda: session.stats.ssrc_violations == 1)
         self.assertEqual(len(sink.chunks), 10)
         self.assertEqual(sink.pcm, g711.decode(Law.ALAW, voice * 10))
         self.assertEqual(session.stats.ssrc_violations, 1)
