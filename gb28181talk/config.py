@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from gb28181talk.core.ports import DEFAULT_PORT_RANGE, parse_port_range
 from gb28181talk.errors import GbTalkError, PortError
+from gb28181talk.sources.file import DEFAULT_FILE_MEMORY
 from gb28181talk.web.zlm_node import DEFAULT_ALIVE_INTERVAL, DEFAULT_SCHEMAS, SCHEMA
 
 DEFAULT_API = "tcp:8080:interface=127.0.0.1"
@@ -37,6 +38,7 @@ OPTION_NAMES = (
     "hook-url",
     "record-dir",
     "media-dir",
+    "max-file-memory",
     "server-id",
     "alive-interval",
     "stream-schemas",
@@ -62,6 +64,7 @@ class ServiceConfig:
     hook_url: str | None = None
     record_dir: str | None = None
     media_dir: str | None = None
+    max_file_memory: int = DEFAULT_FILE_MEMORY
     server_id: str = DEFAULT_SERVER_ID
     alive_interval: float = DEFAULT_ALIVE_INTERVAL
     stream_schemas: tuple[str, ...] = DEFAULT_SCHEMAS
@@ -125,6 +128,7 @@ def build_config(
         hook_url=_hook_url(merged.get("hook-url")),
         record_dir=_directory(merged, "record-dir", writable=True),
         media_dir=_directory(merged, "media-dir", writable=False),
+        max_file_memory=_file_memory(merged.get("max-file-memory")),
         server_id=_text(merged, "server-id", DEFAULT_SERVER_ID),
         alive_interval=_alive_interval(merged.get("alive-interval")),
         stream_schemas=_stream_schemas(merged.get("stream-schemas")),
@@ -354,6 +358,28 @@ def _hook_url(value: Any) -> str | None:
             "e.g. http://127.0.0.1:18080/index/hook"
         )
     return value.strip().rstrip("/")
+
+
+MAX_FILE_MEMORY_MIB = 65536
+"""The largest --max-file-memory (64 GiB)."""
+
+
+def _file_memory(value: Any) -> int:
+    """The memory budget of all file sources, given in MiB, as bytes."""
+    if value is None:
+        return DEFAULT_FILE_MEMORY
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        mib = int(value)
+    except (TypeError, ValueError):
+        mib = 0
+    if not 1 <= mib <= MAX_FILE_MEMORY_MIB:
+        raise ConfigError(
+            f"--max-file-memory {value!r} is not usable; give the MiB all file sources may "
+            f"hold, from 1 to {MAX_FILE_MEMORY_MIB}, e.g. {DEFAULT_FILE_MEMORY // 2**20}"
+        )
+    return mib * 2**20
 
 
 def _directory(values: Mapping[str, Any], name: str, writable: bool) -> str | None:

@@ -126,6 +126,14 @@ class RecordingUnavailable(SessionError):
     """The device's audio cannot be recorded: --record-dir is not writable, or a file failed."""
 
 
+class FileMemoryFull(SourceError):
+    """A file source would pass the file-source memory budget beside the files already held."""
+
+
+class FileTooLargeForMemory(SourceError):
+    """A file source alone would need more than the whole file-source memory budget."""
+
+
 class SourceNotFound(SourceError):
     """No audio source has this app/stream."""
 

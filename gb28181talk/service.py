@@ -62,6 +62,7 @@ from gb28181talk.core.observers import LoggingObserver
 from gb28181talk.core.pacer import Pacer
 from gb28181talk.core.ports import DEFAULT_PORT_RANGE, PortPool, warn_ephemeral_overlap
 from gb28181talk.core.talk import TalkControl
+from gb28181talk.sources.file import DEFAULT_FILE_MEMORY
 from gb28181talk.sources.registry import SourceRegistry
 from gb28181talk.web.common import Authenticator
 from gb28181talk.web.hooks import HookDeliverer
@@ -117,6 +118,9 @@ class Options(usage.Options):
         ["record-dir", None, None, "Directory to record device audio of two-way talk to (WAV)."],
         ["media-dir", None, None,
          "Confine file sources to this directory [default: any file the service can read]."],
+        ["max-file-memory", None, None,
+         "MiB that all file sources' decoded audio may hold, loaded and loading; a file that "
+         f"does not fit is refused [default: {DEFAULT_FILE_MEMORY // 2**20}]."],
         ["server-id", None, None,
          f"mediaServerId reported in webhooks [default: {DEFAULT_SERVER_ID}]."],
         ["alive-interval", None, None,
@@ -325,7 +329,9 @@ class GbTalkService(MultiService):
         self.pacer = Pacer(reactor)
         self.manager = SessionManager(reactor, self.pool, self.pacer)
         self.manager.add_observer(LoggingObserver())
-        self.registry = SourceRegistry(media_root=config.media_dir)
+        self.registry = SourceRegistry(
+            media_root=config.media_dir, max_file_memory=config.max_file_memory
+        )
         self.advertise_ip = config.advertise_ip or _default_advertise_ip(config.media_interface)
         self.control = TalkControl(
             reactor, self.manager, self.registry,

@@ -89,11 +89,11 @@ class NativeApiTests(unittest.TestCase):
         pcm = bytes(range(256)) * (3 * 1024 * 1024 // 256)
         write_wav(wav, pcm, 48000, 2)  # 16.4 s
         release = threading.Event()
-        load = file_source.load_audio_file
+        load = file_source.load_audio_file_within
 
-        def held_load(path: str) -> bytes:  # in the thread pool: waits for the health answer
+        def held_load(*args: Any) -> Any:  # in the thread pool: waits for the health answer
             assert release.wait(10), "the API never answered while the file was loading"
-            return load(path)
+            return load(*args)
 
         pieces: list[int] = []
 
@@ -102,7 +102,7 @@ class NativeApiTests(unittest.TestCase):
                 pieces.append(len(data))
                 return super().feed(data)
 
-        self.patch(file_source, "load_audio_file", held_load)
+        self.patch(file_source, "load_audio_file_within", held_load)
         self.patch(resample, "StreamResampler", CountingResampler)
         loading = Deferred.fromCoroutine(call("POST", self.url("/api/sources"), json_body={
             "app": "broadcast", "stream": "big", "kind": "file", "path": str(wav)}))

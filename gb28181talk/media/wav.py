@@ -7,13 +7,17 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gb28181talk.errors import WavError
 from gb28181talk.media import g711
 from gb28181talk.media.law import Law
 from gb28181talk.media.resample import SUPPORTED_RATES, to_8k_mono
 
-__all__ = ["ENCODINGS", "WavAudio", "load_8k_mono", "read_wav", "wav_bytes", "write_wav"]
+__all__ = [
+    "ENCODINGS", "WavAudio", "WavLayout", "load_8k_mono", "read_wav", "read_wav_layout",
+    "wav_bytes", "write_wav",
+]
 
 ENCODINGS = ("pcm16", "alaw", "ulaw")
 
@@ -79,6 +83,91 @@ def read_wav(source: str | os.PathLike[str] | bytes, name: str | None = None) ->
     except OSError as error:
         raise WavError(f"{label}: cannot be read: {error.strerror or error}") from error
     return _parse(blob, label)
+
+
+@dataclass(frozen=True, slots=True)
+class WavLayout:
+    """A WAV file's sample format and where its samples lie, read from its chunk headers."""
+
+    sample_rate: int
+    channels: int
+    encoding: str
+    data_offset: int
+    data_bytes: int  # whole frames only
+
+
+def read_wav_layout(path: str | os.PathLike[str], name: str | None = None) -> WavLayout:
+    """Read only a WAV file's chunk headers: its format and where the samples are.
+
+    For a file too big to read whole at once, whose samples are then read a
+    piece at a time.  Raises WavError as :func:`read_wav` does.
+    """
+    label = name or os.fsdecode(path)
+    try:
+        with open(path, "rb") as wav_file:
+            size = os.fstat(wav_file.fileno()).st_size
+            head = wav_file.read(12)
+            _check_riff(head, size, label)
+            fmt, data, cut_in = _find_chunks_in_file(wav_file, size, label)
+    except OSError as error:
+        raise WavError(f"{label}: cannot be read: {error.strerror or error}") from error
+    truncated = f" (the file is cut short inside a {cut_in!r} chunk)" if cut_in else ""
+    if fmt is None:
+        raise WavError(f"{label}: no fmt chunk, so the sample format is unknown{truncated}")
+    if data is None:
+        raise WavError(f"{label}: no data chunk, so there is no audio{truncated}")
+    sample_rate, channels, encoding = _parse_fmt(fmt, label)
+    frame_bytes = channels * (2 if encoding == "pcm16" else 1)
+    offset, length = data
+    return WavLayout(sample_rate, channels, encoding, offset, length - length % frame_bytes)
+
+
+def _check_riff(head: bytes, size: int, label: str) -> None:
+    """WavError unless the first 12 bytes of a file of ``size`` bytes are a RIFF/WAVE header."""
+    if size < 12 or len(head) < 12:
+        raise WavError(
+            f"{label}: {size} bytes is too short for a WAV file (the RIFF header is 12)"
+        )
+    riff, form = head[0:4], head[8:12]
+    if riff == b"RIFX":
+        raise WavError(f"{label}: big-endian (RIFX) WAV is not supported; {_TO_16BIT_PCM}")
+    if riff == b"RF64":
+        raise WavError(f"{label}: RF64 (over 4 GiB) WAV is not supported; {_TO_16BIT_PCM}")
+    if riff != b"RIFF" or form != b"WAVE":
+        # Never quote the file's bytes: the path may name any file the service can read.
+        raise WavError(
+            f"{label}: not a RIFF/WAVE file; give a WAV file (16-bit PCM, A-law or µ-law)"
+        )
+
+
+def _find_chunks_in_file(
+    wav_file: Any, size: int, label: str
+) -> tuple[bytes | None, tuple[int, int] | None, str]:
+    """As :func:`_find_chunks`, seeking from header to header: the data chunk's (offset, size)."""
+    fmt = data = None
+    cut_in = ""
+    offset = 12
+    while offset + 8 <= size:
+        wav_file.seek(offset)
+        header = wav_file.read(8)
+        if len(header) < 8:
+            break
+        chunk_id, chunk_size = struct.unpack("<4sI", header)
+        start, end = offset + 8, offset + 8 + chunk_size
+        if chunk_id == b"fmt " and fmt is None:
+            if end > size:
+                raise WavError(
+                    f"{label}: truncated: the fmt chunk declares {chunk_size} bytes but "
+                    f"{size - start} remain"
+                )
+            fmt = wav_file.read(min(chunk_size, 4096))
+        elif chunk_id == b"data" and data is None:
+            # Some recorders never fix up the size (or write 0xFFFFFFFF): take what is there.
+            data = (start, min(end, size) - start)
+        elif end > size:
+            cut_in = chunk_id.decode("latin-1") if _CHUNK_ID.fullmatch(chunk_id) else "unknown"
+        offset = end + (chunk_size & 1)  # chunks are padded to an even length
+    return fmt, data, cut_in
 
 
 def load_8k_mono(path: str | os.PathLike[str]) -> bytes:

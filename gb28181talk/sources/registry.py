@@ -23,7 +23,14 @@ from gb28181talk.errors import SourceError
 from gb28181talk.interfaces import IAudioSource
 from gb28181talk.sources import file, ingest, push, tone
 from gb28181talk.sources.base import source_key
-from gb28181talk.sources.file import FileSource, file_options, load_audio_file_in_thread
+from gb28181talk.sources.file import (
+    DEFAULT_FILE_MEMORY,
+    FileMemory,
+    FileSource,
+    LoadedFile,
+    file_options,
+    load_audio_file_in_thread,
+)
 
 log = Logger()
 
@@ -37,12 +44,18 @@ class SourceRegistry:
 
     ``media_root``, when given, confines file sources to that directory
     (relative paths are taken inside it): the API must not read any file on
-    the host just because a request names it.
+    the host just because a request names it.  ``max_file_memory`` (bytes)
+    bounds the decoded audio of all file sources, loaded and loading
+    (:attr:`file_memory`); a file that does not fit is refused.
     """
 
-    def __init__(self, media_root: str | None = None) -> None:
+    def __init__(
+        self, media_root: str | None = None, max_file_memory: int = DEFAULT_FILE_MEMORY
+    ) -> None:
         self._sources: dict[str, IAudioSource] = {}
         self._loading: set[str] = set()
+        self.file_memory = FileMemory(max_file_memory)
+        """The memory budget every file source is loaded within."""
         self.media_root = None if media_root is None else os.path.realpath(media_root)
         self._listeners: list[Callable[[str, Any], None]] = []
 
@@ -151,14 +164,18 @@ class SourceRegistry:
             return fail()
         key = source_key(app, stream)
         self._loading.add(key)
-        loading = load_audio_file_in_thread(reactor, path)
+        loading = load_audio_file_in_thread(reactor, path, self.file_memory)
 
-        def loaded(pcm: bytes) -> Any:
+        def loaded(done: LoadedFile) -> Any:
             if key not in self._loading:
+                if done.lease is not None:
+                    done.lease.release()
                 raise SourceError(f"source {key} was not added: the sources were closed "
                                   "(the service is stopping) while its file loaded")
             self._loading.discard(key)
-            return self._register(FileSource(app, stream, path, loop, pcm=pcm))
+            return self._register(
+                FileSource(app, stream, path, loop, pcm=done.audio, lease=done.lease)
+            )
 
         def not_loaded(failure: Failure) -> Failure:
             self._loading.discard(key)
@@ -229,7 +246,8 @@ class SourceRegistry:
         self, app: str, stream: str, spec: Mapping[str, Any], reactor: Any
     ) -> IAudioSource:
         path, loop = self._file_options(spec)
-        return FileSource(app, stream, path, loop)
+        loaded = file.load_audio_file_within(path, self.file_memory)
+        return FileSource(app, stream, path, loop, pcm=loaded.audio, lease=loaded.lease)
 
     def _file_options(self, spec: Mapping[str, Any]) -> tuple[str, bool]:
         """The confined path and the loop flag of a file source's body."""

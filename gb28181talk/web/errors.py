@@ -45,6 +45,8 @@ DOMAIN_ERRORS: tuple[tuple[type[errors.GbTalkError], int, int], ...] = (
     (errors.SourceNotFound, codes.NOT_FOUND, 404),
     (errors.SourceEnded, codes.NOT_FOUND, 404),
     (errors.NameTaken, codes.INVALID_ARGS, 409),
+    (errors.FileMemoryFull, codes.EXCEPTION, 503),
+    (errors.FileTooLargeForMemory, codes.INVALID_ARGS, 413),
     (errors.SourceError, codes.INVALID_ARGS, 400),
 )
 """(domain error, code, HTTP status), most specific first: the first that matches answers."""
