@@ -322,6 +322,12 @@ class FaultHarness:
         assert len(reasons) == 1, f"one ending per session, got {reasons}"
         return reasons[0]
 
+    async def hear_more(self, packets: int = 3) -> None:
+        """Wait until every healthy device has heard ``packets`` more (the streams go on)."""
+        heard = [len(device.arrivals) for device in self.healthy]
+        await until(lambda: all(len(device.arrivals) >= count + packets
+                                for device, count in zip(self.healthy, heard, strict=True)))
+
     def check_healthy(self) -> None:
         """Every healthy session still streams, and its device heard every packet since the
         fault began: in order, sequence numbers one apart, timestamps one packet apart, one SSRC.
@@ -412,7 +418,7 @@ def fault_test(method: Callable[..., Any]) -> Callable[..., Deferred[None]]:
     def run(self: FaultTestCase) -> Deferred[None]:
         async def body() -> None:
             await method(self)
-            await sleep(0.1)
+            await self.h.hear_more()
             self.h.check_healthy()
 
         return Deferred.fromCoroutine(body())

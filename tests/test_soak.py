@@ -250,7 +250,7 @@ class SoakTests(unittest.TestCase):
         assert not failures, f"seed {SEED}: " + "; ".join(failures[:10])
         missing = set(names) - set(soak.outcomes)
         assert not missing, f"kinds not exercised: {missing}"
-        await sleep(0.1)
+        await self.h.hear_more()
         self.h.check_healthy()
         ended = Counter(event[1] for event in self.h.observer.ended())
         started = {event[1] for event in self.h.observer.events if event[0] == "started"}
