@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred
+from twisted.trial import unittest
 
 from gb28181talk import errors
 from gb28181talk.config import ConfigError, build_config
@@ -16,6 +20,7 @@ from gb28181talk.sources.file import DecodedAudio, FileMemory, FileSource, load_
 from gb28181talk.sources.registry import SourceRegistry
 from gb28181talk.web import codes
 from gb28181talk.web.errors import api_error
+from tests.httpapi import ServiceHarness, async_test, call
 from tests.test_sources import _ThreadedReactor, read_all
 
 MIB = 1024 * 1024
@@ -199,3 +204,36 @@ def test_max_file_memory_is_an_option_in_mib() -> None:
     for bad in ("0", "lots", "-5", True, "1000000"):
         with pytest.raises(ConfigError, match="--max-file-memory"):
             build_config({"max-file-memory": bad})
+
+
+class FileMemoryOverTheApi(unittest.TestCase):
+    """The service wired with --max-file-memory answers a file that does not fit in JSON."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.media = Path(tempfile.mkdtemp(prefix="gbtalk-media-"))
+        self.addCleanup(shutil.rmtree, self.media, True)
+        self.harness = ServiceHarness(ports=1, max_file_memory=1 * MIB)
+        self.harness.start()
+
+    def tearDown(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self.harness.stop())
+
+    @async_test
+    async def test_files_beyond_the_budget_are_refused_with_503_and_413(self) -> None:
+        url = self.harness.url("/api/sources")
+        first = await call("POST", url, json_body=spec("a", wav_of_seconds(
+            self.media / "a.wav", 30)))
+        assert first.json["code"] == 0, first.json
+        second = await call("POST", url, json_body=spec("b", wav_of_seconds(
+            self.media / "b.wav", 30)))
+        assert (second.status, second.json["code"]) == (503, codes.EXCEPTION), second.json
+        assert "of the 1.0 MiB budget (1 files)" in second.json["msg"], second.json["msg"]
+        huge = await call("POST", url, json_body=spec("c", wav_of_seconds(
+            self.media / "c.wav", 70)))
+        assert (huge.status, huge.json["code"]) == (413, codes.INVALID_ARGS), huge.json
+        gone = await call("DELETE", self.harness.url("/api/sources/files/a"))
+        assert gone.json["code"] == 0
+        again = await call("POST", url, json_body=spec("b", self.media / "b.wav"))
+        assert again.json["code"] == 0, again.json
