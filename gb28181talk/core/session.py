@@ -41,11 +41,12 @@ from gb28181talk.core.sender import Sender
 from gb28181talk.core.transport import IDeviceHost, IDeviceLink, ITalkTransport
 from gb28181talk.errors import SessionError
 from gb28181talk.interfaces import FRAME_MS, IAudioSink, IAudioSource
+from gb28181talk.media.payload import PS
 
 log = Logger()
 
-PS_TICKS_PER_FRAME = 90_000 * FRAME_MS // 1000
-"""RTP timestamp ticks per 20 ms frame for PS payloads (90 kHz clock)."""
+PS_TICKS_PER_FRAME = PS.ticks(FRAME_MS)
+"""RTP timestamp ticks per 20 ms frame for PS payloads (90 kHz clock): 1800."""
 
 
 @implementer(IDeviceHost)
