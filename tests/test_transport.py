@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import pytest
 from twisted.internet.task import Clock
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -169,3 +170,32 @@ def test_an_error_ending_aborts_the_datagram_link() -> None:
     session.end(EndReason.ERROR, "test")
     assert transport.link is not None and transport.link.closed is True
     assert not clock.getDelayedCalls()
+
+
+def test_a_second_device_delivered_while_streaming_is_sent_away() -> None:
+    session, transport, clock, (observer, _) = udp_session()
+    session.start()
+    intruder = DatagramLink(("192.0.2.9", 9000))
+    session.device_connected(intruder)
+    assert intruder.closed is True, "aborted"
+    assert session.peer == ("192.0.2.7", 9000) and session.state is SessionState.STREAMING
+    clock.advance(0.02)
+    assert intruder.datagrams == []
+    assert transport.link is not None and transport.link.datagrams
+    session.stop()
+    assert [event[0] for event in observer.events].count("connected") == 1
+
+
+def test_a_start_that_fails_after_its_transport_delivered_leaves_nothing() -> None:
+    session, transport, clock, (observer, _) = udp_session()
+
+    def broken_attach(source: Any, listener: Any) -> None:
+        raise RuntimeError("attach failed")
+
+    session._pacer.attach = broken_attach  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="attach failed"):
+        session.start()
+    assert transport.link is not None and transport.link.closed is True
+    assert transport.closes == 1
+    assert session.state is SessionState.CLOSED and session.stop() is False
+    assert observer.events == [] and not clock.getDelayedCalls()
