@@ -3,7 +3,7 @@
 A client (a browser's microphone, a script streaming a file) creates a push
 source with ``POST /api/sources`` (``kind: push`` with its sample rate,
 channels and format), then opens a WebSocket to ``/api/push/{app}/{stream}``
-and sends its audio as binary messages of any size.  This module is the web
+and sends its audio as binary messages of up to 1 MiB.  This module is the web
 side only: the protocol hands each message to the source
 (:class:`~gb28181talk.sources.push.PushSource`, which decodes and resamples
 it to 8 kHz mono) through the :class:`~gb28181talk.interfaces.IPushSource`
