@@ -22,6 +22,7 @@ __all__ = [
     "SessionState",
     "SessionStats",
     "SsrcPolicy",
+    "TransportKind",
 ]
 
 DEFAULT_WAIT_TIMEOUT = 5.0
@@ -56,13 +57,38 @@ class SsrcPolicy(enum.StrEnum):
 
     ``strict`` drops and counts packets whose SSRC differs from the SDP ``y=``;
     ``learn`` adopts the first SSRC the device sends and drops others (what
-    ZLMediaKit does, and what works with devices that ignore ``y=``); ``off``
+    ZLMediaKit does, and what works with devices that ignore ``y=``), except
+    that the SDP's own SSRC is always accepted and, once it appears, preferred
+    (a device that sent something else first has picked up ``y=``); ``off``
     accepts everything.
     """
 
     STRICT = "strict"
     LEARN = "learn"
     OFF = "off"
+
+
+class TransportKind(enum.StrEnum):
+    """How the device is reached (GB28181's ``a=setup`` and the SDP's transport).
+
+    ``tcp-passive``: we listen, the device connects (``startSendRtpPassive``);
+    ``tcp-active``: we connect to the listening device (``startSendRtp``,
+    ``is_udp=0``); ``udp``: we send datagrams to the device (``startSendRtp``,
+    ``is_udp=1``); ``udp-passive``: we bind a port and the device's first datagram
+    says where it is (``startSendRtpPassive``, ``is_udp=1``); ``rtp-server``: back
+    on the connection the device opened to our RTP server (``startSendRtpTalk``).
+    """
+
+    TCP_PASSIVE = "tcp-passive"
+    TCP_ACTIVE = "tcp-active"
+    UDP = "udp"
+    UDP_PASSIVE = "udp-passive"
+    RTP_SERVER = "rtp-server"
+
+    @property
+    def needs_destination(self) -> bool:
+        """Whether the device's address must be given (we reach out to it)."""
+        return self in (TransportKind.TCP_ACTIVE, TransportKind.UDP)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +124,12 @@ class SessionParams:
     preroll_ms: int = 1000
     max_send_buffer: int = 32 * 1024
     stall_timeout: float = 5.0
+    transport: TransportKind = TransportKind.TCP_PASSIVE
+    """How the device is reached; ``dst_host``/``dst_port`` say where for the active kinds."""
+    dst_host: str | None = None
+    dst_port: int = 0
+    rtcp_timeout: float | None = None
+    """UDP only: end when the device sends no RTCP for this long (``udp_rtcp_timeout``)."""
     ssrc_text: str | None = None
     """The SSRC as the caller wrote it (``777``), echoed in hooks and listings as ZLMediaKit
     does; None: shown as the ten digits of ``y=``.  Not part of the key or the settings."""
@@ -135,6 +167,19 @@ class SessionParams:
             yield f"max send buffer {self.max_send_buffer} bytes must be at least 1024"
         if not self.stall_timeout > 0:
             yield f"stall timeout {self.stall_timeout} s must be above 0"
+        if self.transport.needs_destination and not (self.dst_host and 0 < self.dst_port < 65536):
+            yield (f"{self.transport} needs the device's address and port (dst_url, dst_port), "
+                   f"not {self.dst_host!r}:{self.dst_port}")
+        if self.rtcp_timeout is not None and not (
+            self.rtcp_timeout > 0 and self.transport in (TransportKind.UDP,
+                                                         TransportKind.UDP_PASSIVE)
+        ):
+            yield "an RTCP timeout needs a UDP transport and a time above 0"
+
+    @property
+    def destination(self) -> tuple[str, int] | None:
+        """Where we reach the device (active kinds), else None."""
+        return (self.dst_host, self.dst_port) if self.dst_host and self.dst_port else None
 
     @property
     def payload(self) -> Payload:

@@ -138,21 +138,39 @@ class Receiver:
             self._guarded(sink.audio_received, pcm, timestamp)
 
     def _ssrc_accepted(self, ssrc: int) -> bool:
+        """The SSRC policy; the SDP's own SSRC (``y=``) is always accepted.
+
+        Under ``learn`` the first SSRC is adopted; if the SDP's SSRC appears later, the
+        receiver switches to it (the device has picked up ``y=``), so only an SSRC that
+        is neither the SDP's nor the one heard until then counts as a violation.
+        """
         expected = self._expected_ssrc
+        if ssrc == expected:
+            learned = self._learned_ssrc
+            if learned != expected and self._policy is SsrcPolicy.LEARN:
+                self._learned_ssrc = expected
+                if learned is not None:
+                    log.info(
+                        "talk session {id}: device now sends the SDP's SSRC {want}; "
+                        "switched to it from SSRC {old} (policy learn)",
+                        id=self.name,
+                        want=expected,
+                        old=learned,
+                    )
+            return True
         if self._policy is SsrcPolicy.LEARN:
             if self._learned_ssrc is None:
                 self._learned_ssrc = ssrc
-                if ssrc != expected:
-                    log.info(
-                        "talk session {id}: device sends SSRC {got}, SDP said {want}; "
-                        "adopted it (policy learn)",
-                        id=self.name,
-                        got=ssrc,
-                        want=expected,
-                    )
+                log.info(
+                    "talk session {id}: device sends SSRC {got}, SDP said {want}; "
+                    "adopted it until the SDP's appears (policy learn)",
+                    id=self.name,
+                    got=ssrc,
+                    want=expected,
+                )
+            if ssrc == self._learned_ssrc:
+                return True
             expected = self._learned_ssrc
-        if ssrc == expected:
-            return True
         self.ssrc_violations += 1
         limit = self._max_violations
         if limit is not None and self.ssrc_violations >= limit:
