@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pytest
@@ -391,3 +392,53 @@ def test_a_false_start_code_costs_only_its_own_bytes() -> None:
     demuxer = PsDemuxer()
     assert demuxer.feed(not_system + not_mpeg2 + good) == [PsAudio(Law.ALAW, b"\x07" * 160, 42)]
     assert demuxer.skipped_bytes == len(not_system) + len(not_mpeg2)
+
+
+# --- the muxer's own 33-bit clock --------------------------------------------------------------
+
+frame_ticks = st.sampled_from([1800, 3600, 5400, 16200])
+"""90 kHz ticks of a pack: 20, 40, 60 or 180 ms."""
+
+
+@given(
+    laws,
+    st.one_of(st.integers(0, PTS_MODULUS - 1), st.integers(2**32 - 20_000, 2**32 + 20_000),
+              st.integers(PTS_MODULUS - 20_000, PTS_MODULUS - 1)),
+    st.lists(st.tuples(frame_ticks, st.sampled_from([0, 0, 0, 1800])), min_size=1, max_size=25),
+)
+def test_muxer_clock_advances_by_the_ticks_modulo_2_33(
+    law: Law, first: int, items: list[tuple[int, int]]
+) -> None:
+    """SCR and PTS follow the muxer's clock: +ticks per pack, +gap per skip, wrapping at 2**33."""
+    muxer = PsMuxer(law, first_pts=first)
+    assert muxer.next_pts == first
+    clock = first
+    packs, expected = [], []
+    for n, (ticks, gap) in enumerate(items):
+        if gap:
+            muxer.skip(gap)
+            clock = (clock + gap) % PTS_MODULUS
+        payload = bytes([n % 256]) * (ticks * 4 // 45)
+        expected.append(PsAudio(law, payload, clock))
+        packs.append(muxer.mux_next(payload, ticks))
+        clock = (clock + ticks) % PTS_MODULUS
+        assert muxer.next_pts == clock
+    assert [decode_scr(pack, 4) for pack in packs] == [(a.pts, 0) for a in expected]
+    assert PsDemuxer().feed(b"".join(packs)) == expected
+    steps = [(b.pts - a.pts) % PTS_MODULUS for a, b in itertools.pairwise(expected)]
+    assert steps == [
+        items[n][0] + items[n + 1][1] for n in range(len(items) - 1)
+    ], "each step is the previous pack's ticks plus any gap, never a jump back"
+
+
+def test_muxer_clock_continues_past_the_32_bit_rtp_wrap() -> None:
+    muxer = PsMuxer(Law.ALAW, first_pts=2**32 - 3600)
+    packs = [muxer.mux_next(b"\xd5" * 160, 1800) for _ in range(4)]
+    assert [decode_scr(p, 4)[0] for p in packs] == [2**32 - 3600, 2**32 - 1800, 2**32, 2**32 + 1800]
+
+
+def test_muxer_clock_refuses_negative_ticks() -> None:
+    with pytest.raises(PsError):
+        PsMuxer(Law.ALAW).mux_next(b"\xd5", -1)
+    with pytest.raises(PsError):
+        PsMuxer(Law.ALAW).skip(-1)

@@ -498,3 +498,69 @@ def test_send_jitter_is_recorded_against_the_packet_duration() -> None:
     stats = session.stats
     assert stats.jitter_max_ms == pytest.approx(40.0, abs=0.5)
     assert 0 < stats.jitter_mean_ms < stats.jitter_max_ms
+
+
+# -- PS timestamps across the RTP wrap (issue 12 item 10) -------------------------------------
+
+
+class _Tap:
+    """A pacer tap holding one frame (None: a gap) at a time."""
+
+    def __init__(self) -> None:
+        self.frame: bytes | None = None
+        self.now = 0.0
+
+    def g711(self, law: Law) -> bytes | None:
+        return self.frame
+
+
+class _Link:
+    """A device link that keeps what it is sent; drops the packets it is told to."""
+
+    framing = Framing.RFC4571
+    peer = ("127.0.0.2", 40000)
+    whole_packets = False
+    queued = 0
+
+    def __init__(self, drop: set[int]) -> None:
+        self.sent: list[bytes] = []
+        self.drop = drop
+        self.writes = 0
+
+    def write(self, header: bytes, payload: bytes) -> bool:
+        self.writes += 1
+        if self.writes in self.drop:
+            return False
+        self.sent.append(header[2:] + payload)
+        return True
+
+    def close(self, abort: bool) -> None:
+        pass
+
+
+def test_ps_pts_and_scr_keep_counting_in_33_bits_when_the_rtp_timestamp_wraps() -> None:
+    from gb28181talk.core.sender import Sender
+    from gb28181talk.media.ps import decode_scr
+    from gb28181talk.media.rtp import parse_rtp
+
+    first = 2**32 - 3 * 1800  # the RTP timestamp wraps at the fourth packet
+    sender = Sender(
+        params(packaging=Packaging.PS, preroll_ms=0), lambda *_: None, rng_seed=first << 16
+    )
+    assert sender.packetizer.next_timestamp == first
+    link = _Link(drop={6})
+    sender.start_sending(link)
+    tap = _Tap()
+    frames = [b"\x01" * 160] * 5 + [None] + [b"\x02" * 160] * 5  # a gap, then a dropped packet
+    for frame in frames:
+        tap.frame = None if frame is None else g711.encode(Law.ALAW, frame)
+        sender.frame_ready(tap)
+    packets = [parse_rtp(data) for data in link.sent]
+    assert len(packets) == 9  # 10 packets made, the sixth dropped by the link
+    rtp = [p.timestamp for p in packets]
+    assert rtp[3] < rtp[2], "the 32-bit RTP timestamp wrapped"
+    scr = [decode_scr(p.payload, 4)[0] for p in packets]
+    pts = [a.pts for p in packets for a in PsDemuxer().feed(p.payload)]
+    unwrapped = [first + n * 1800 for n in (0, 1, 2, 3, 4, 7, 8, 9, 10)]
+    assert scr == pts == unwrapped, "90 kHz time goes on past 2**32 instead of back to 0"
+    assert [(t - first) % 2**32 for t in rtp] == [(u - first) % 2**32 for u in unwrapped]

@@ -64,7 +64,13 @@ class Sender:
         self._packet_ms = params.packet_ms
         self._frames_per_packet = params.packet_ms // FRAME_MS
         self._ticks_per_frame = payload.ticks(FRAME_MS)
-        self._ps_muxer = PsMuxer(params.law) if payload.packaging is Packaging.PS else None
+        # PS time is the muxer's own 33-bit clock, started at the first RTP timestamp and
+        # moved on by the same ticks: it runs past the 32-bit RTP wrap instead of jumping back.
+        self._ps_muxer = (
+            PsMuxer(params.law, first_pts=self.packetizer.next_timestamp)
+            if payload.packaging is Packaging.PS
+            else None
+        )
         self._preroll: deque[bytes | None] | None = deque(maxlen=params.preroll_ms // FRAME_MS)
         self._chunks: list[bytes] = []
         self._write: Callable[[bytes, bytes], bool] | None = None
@@ -154,6 +160,8 @@ class Sender:
         if self._chunks:
             self._send(now, preroll)
         self.packetizer.skip(self._ticks_per_frame)
+        if self._ps_muxer is not None:
+            self._ps_muxer.skip(self._ticks_per_frame)
 
     def _send(self, now: float, preroll: bool) -> None:
         write = self._write
@@ -163,9 +171,10 @@ class Sender:
         count = len(chunks)
         audio = chunks[0] if count == 1 else b"".join(chunks)
         chunks.clear()
+        ticks = count * self._ticks_per_frame
         if self._ps_muxer is not None:
-            audio = self._ps_muxer.mux(audio, self.packetizer.next_timestamp)
-        header = self._header(len(audio), count * self._ticks_per_frame)
+            audio = self._ps_muxer.mux_next(audio, ticks)
+        header = self._header(len(audio), ticks)
         if not write(header, audio):
             self.packetizer.take_back()
             self.packets_dropped += 1

@@ -202,15 +202,21 @@ def _program_stream_map(law: Law) -> bytes:
 
 
 class PsMuxer:
-    """Packs G.711 packets into MPEG-2 PS packs, one pack per call, for PS (PT 96) downlink."""
+    """Packs G.711 packets into MPEG-2 PS packs, one pack per call, for PS (PT 96) downlink.
 
-    def __init__(self, law: Law, headers_every: int = 1) -> None:
+    :meth:`mux` takes the PTS it is given; :meth:`mux_next` and :meth:`skip` keep the
+    muxer's own 33-bit 90 kHz clock (from ``first_pts``), which a sender uses so that PS
+    time runs on in 33 bits while its RTP timestamps wrap at 32.
+    """
+
+    def __init__(self, law: Law, headers_every: int = 1, *, first_pts: int = 0) -> None:
         if headers_every < 1:
             raise PsError(
                 f"headers_every must be 1 or more (got {headers_every}); "
                 "1 puts the system header and PSM before every pack"
             )
         self._law = law
+        self._clock = first_pts % PTS_MODULUS
         self._headers_every = headers_every
         self._packs = 0
         self._headers = _system_header() + _program_stream_map(law)
@@ -229,6 +235,30 @@ class PsMuxer:
     def headers_every(self) -> int:
         """The system header and PSM precede every this-many-th pack (the first always)."""
         return self._headers_every
+
+    @property
+    def next_pts(self) -> int:
+        """The muxer's own 90 kHz clock: the SCR and PTS :meth:`mux_next` gives the next pack."""
+        return self._clock
+
+    def skip(self, ticks: int) -> None:
+        """A gap in the audio: move the clock on by ``ticks`` (90 kHz) without a pack."""
+        if ticks < 0:
+            raise PsError(f"cannot skip {ticks} ticks; the 90 kHz clock only moves forward")
+        self._clock = (self._clock + ticks) % PTS_MODULUS
+
+    def mux_next(self, g711: bytes, ticks: int) -> bytes:
+        """One pack at the muxer's clock (:attr:`next_pts`), then the clock moves on by ``ticks``.
+
+        The clock is 33-bit and advanced only by ticks, never taken from a 32-bit RTP
+        timestamp, so SCR and PTS go on past the RTP wrap (2**32 ticks, about 13 h 15 min
+        at 90 kHz) and wrap only where MPEG-PS does, at 2**33.
+        """
+        if ticks < 0:
+            raise PsError(f"a pack cannot span {ticks} ticks; give its duration at 90 kHz")
+        pack = self.mux(g711, self._clock)
+        self._clock = (self._clock + ticks) % PTS_MODULUS
+        return pack
 
     def mux(self, g711: bytes, pts: int) -> bytes:
         """One pack carrying `g711` with PTS (and SCR) `pts` (90 kHz, taken modulo 2**33).
