@@ -41,6 +41,47 @@ class ManscdpError(SignallingError):
     """A MANSCDP XML body that is malformed, hostile or of an unexpected type."""
 
 
+class SipError(SignallingError):
+    """A SIP message that cannot be taken: ``status`` and ``reason`` say what to answer.
+
+    ``message`` is the request as far as it could be read when that is enough to
+    answer it (its Via, From, To, Call-ID and CSeq); ``None`` means: drop it.
+    """
+
+    status = 400
+    reason = "Bad Request"
+
+    def __init__(self, detail: str, message: object | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.message = message
+
+
+class SipParseError(SipError):
+    """Bytes that are not a SIP message (RFC 3261 §25): answer 400, or drop."""
+
+
+class SipTooLarge(SipError):
+    """A SIP message past the size cap: answer 413."""
+
+    status = 413
+    reason = "Request Entity Too Large"
+
+
+class SipVersionError(SipError):
+    """A SIP version other than SIP/2.0: answer 505."""
+
+    status = 505
+    reason = "Version Not Supported"
+
+
+class SipNotImplemented(SipError):
+    """A request method this stack does not implement: answer 501."""
+
+    status = 501
+    reason = "Not Implemented"
+
+
 class PortError(GbTalkError):
     """A talk port could not be leased."""
 
@@ -168,3 +209,22 @@ class NameTaken(SourceError):
         )
         self.app = app
         self.stream = stream
+
+
+class DeviceUnreachable(GbTalkError):
+    """We dialled the device (TCP active) and could not reach it: refused, unreachable, timed out.
+
+    ``local_port`` is the port we dialled from, 0 when none was bound.
+    """
+
+    def __init__(self, detail: str, local_port: int = 0) -> None:
+        super().__init__(detail)
+        self.local_port = local_port
+
+
+class RtpServerExists(SessionError):
+    """An RTP server for this vhost/app/stream_id is open already (ZLMediaKit refuses it too)."""
+
+
+class RtpServerNotFound(GbTalkError):
+    """No RTP server (or no device connected to it) for this vhost/app/stream_id."""
