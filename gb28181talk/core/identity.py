@@ -86,8 +86,9 @@ def differences(
     """What a live session has that a new start asks otherwise: ``codec PCMA (asked PCMU)``.
 
     Only what the device sees counts (codec, packaging, payload type, framing,
-    packet duration, two-way, the expected peer, an explicit port, the name of
-    the device's audio); timeouts and pre-roll do not make a retry different.
+    packet duration, two-way, the expected peer, the transport and the device's
+    address, an explicit port, the name of the device's audio); timeouts and
+    pre-roll do not make a retry different.
     """
     asked: list[tuple[str, Any, Any]] = [
         ("codec", old.law.encoding_name, new.law.encoding_name),
@@ -97,6 +98,8 @@ def differences(
         ("packet_ms", old.packet_ms, new.packet_ms),
         ("two_way", old.receive, new.receive),
         ("expected_peer", old.expected_peer, new.expected_peer),
+        ("transport", str(old.transport), str(new.transport)),
+        ("destination", old.destination, new.destination),
     ]
     if new.src_port:
         asked.insert(0, ("src_port", old_port, new.src_port))

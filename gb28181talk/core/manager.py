@@ -15,6 +15,7 @@ from gb28181talk.core.pacer import Pacer
 from gb28181talk.core.params import EndReason, SessionParams, SessionState
 from gb28181talk.core.ports import PortPool
 from gb28181talk.core.session import TalkSession
+from gb28181talk.core.transport import ITalkTransport
 from gb28181talk.errors import SessionConflict, ShuttingDown
 from gb28181talk.interfaces import IAudioSink, IAudioSource, ISessionObserver
 
@@ -84,10 +85,12 @@ class SessionManager:
         sinks: Sequence[IAudioSink] = (),
         replace: bool = False,
         identity: Identity | None = None,
+        transport: ITalkTransport | None = None,
     ) -> TalkSession:
         """Start (or, for a live identity, return) a talk session.
 
-        ``identity`` defaults to ``params.key``.  Raises ShuttingDown,
+        ``identity`` defaults to ``params.key``; ``transport`` to the one
+        ``params.transport`` names (core/transports.py).  Raises ShuttingDown,
         SessionConflict (a live identity asked with other settings), PortError.
         """
         if self.shutting_down:
@@ -114,6 +117,7 @@ class SessionManager:
             observer=self.observers,
             sinks=sinks,
             direct_send=self.direct_send,
+            transport=transport,
         )
         self._by_id[session.id] = session
         self._by_identity[identity] = session

@@ -1,4 +1,4 @@
-"""The talk-port pool: one TCP listening port per talk session, leased and returned exactly once.
+"""The talk-port pool: one port per talk session (TCP listening or UDP), leased and returned once.
 
 A lease is held from the moment a port is bound until its listening socket is
 really closed: ``listening`` while the session waits for its device, then
@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.protocol import DatagramProtocol, ServerFactory
 from twisted.logger import Logger
 
 from gb28181talk.errors import PoolExhaustedError, PortError, PortInUseError
@@ -44,6 +44,9 @@ HIGHEST_PORT = 65535
 DEFAULT_BIND_ATTEMPTS = 8
 
 log = Logger()
+
+Binder = Callable[[int], IListeningPort]
+"""Binds one port (listenTCP or listenUDP) or raises CannotListenError."""
 
 
 def parse_port_range(text: str) -> tuple[int, int]:
@@ -222,6 +225,18 @@ class PortPool:
             return self._listen_explicit(factory, owner, port)
         return self._listen_from_pool(factory, owner)
 
+    def listen_udp(self, protocol: DatagramProtocol, owner: str, port: int = 0) -> Lease:
+        """Bind a UDP ``protocol`` on ``port`` (0: a free port of the pool) and return the lease.
+
+        The same ports, rules and errors as :meth:`listen`, for the transports that
+        send or receive datagrams (UDP talk, the RTP server): a lease is a port number
+        of the range whichever protocol holds it, released the same way.
+        """
+        bind = self._bind_udp(protocol)
+        if port:
+            return self._listen_explicit(None, owner, port, bind)
+        return self._listen_from_pool(None, owner, bind)
+
     def release(self, lease: Lease) -> Deferred[None]:
         """Stop listening and return the port once its socket is closed; only the first call acts.
 
@@ -260,7 +275,8 @@ class PortPool:
         port, ticket = entry
         return self._free.get(port) == ticket
 
-    def _listen_explicit(self, factory: ServerFactory, owner: str, port: int) -> Lease:
+    def _listen_explicit(self, factory: ServerFactory | None, owner: str, port: int,
+                         bind: Binder | None = None) -> Lease:
         if not LOWEST_PORT <= port <= HIGHEST_PORT:
             raise PortInUseError(
                 port,
@@ -276,7 +292,7 @@ class PortPool:
                 f"({self.low}-{self.high}, {self.free_count} free)",
             )
         try:
-            listening = self._bind(factory, port)
+            listening = bind(port) if bind is not None else self._bind(factory, port)
         except CannotListenError as failure:
             raise PortInUseError(
                 port,
@@ -287,13 +303,14 @@ class PortPool:
         self._free.pop(port, None)
         return self._add_lease(port, owner, listening, explicit=True)
 
-    def _listen_from_pool(self, factory: ServerFactory, owner: str) -> Lease:
+    def _listen_from_pool(self, factory: ServerFactory | None, owner: str,
+                          bind: Binder | None = None) -> Lease:
         held_elsewhere: list[int] = []
         last_error = ""
         try:
             for port in self._candidates():
                 try:
-                    listening = self._bind(factory, port)
+                    listening = bind(port) if bind is not None else self._bind(factory, port)
                 except CannotListenError as failure:
                     # Another process holds it: it stays free (it may come back) and
                     # goes to the back of the line; try the next one, a few times.
@@ -347,6 +364,19 @@ class PortPool:
             raise
         except OSError as error:
             raise CannotListenError(self.interface, port, error) from error
+
+    def _bind_udp(self, protocol: DatagramProtocol) -> Binder:
+        """listenUDP on a given port, with every bind failure as CannotListenError."""
+
+        def bind(port: int) -> IListeningPort:
+            try:
+                return self._reactor.listenUDP(port, protocol, interface=self.interface)
+            except CannotListenError:
+                raise
+            except OSError as error:
+                raise CannotListenError(self.interface, port, error) from error
+
+        return bind
 
     def _add_lease(self, port: int, owner: str, listening: IListeningPort, explicit: bool) -> Lease:
         lease = Lease(

@@ -6,7 +6,8 @@ Composed of four parts, each in its own module:
   ``streaming`` -> ``closed``, one machine whose states hold their own timers,
   every ending with exactly one :class:`EndReason`;
 - the **transport** (:class:`~gb28181talk.core.transport.ITalkTransport`), which
-  delivers the one connected device: by default the passive TCP acceptor
+  delivers the one connected device: the one ``params.transport`` asks for
+  (:mod:`~gb28181talk.core.transports`), by default the passive TCP acceptor
   (:mod:`~gb28181talk.core.passive`: a leased port, the first device wins);
 - the **sender** (:mod:`~gb28181talk.core.sender`): pre-roll, packetizing, PS,
   the device link, send figures; it is the pacer's listener;
@@ -34,11 +35,11 @@ from gb28181talk.core.params import (
     SessionState,
     SessionStats,
 )
-from gb28181talk.core.passive import PassiveTcpTransport
 from gb28181talk.core.ports import PortPool
 from gb28181talk.core.receiver import Receiver
 from gb28181talk.core.sender import Sender
 from gb28181talk.core.transport import IDeviceHost, IDeviceLink, ITalkTransport
+from gb28181talk.core.transports import build_transport
 from gb28181talk.errors import SessionError
 from gb28181talk.interfaces import FRAME_MS, IAudioSink, IAudioSource
 from gb28181talk.media.payload import PS
@@ -79,15 +80,9 @@ class TalkSession:
         self._started = False
         self._opening = False
         self._early_link: IDeviceLink | None = None
-        if transport is None:
-            transport = PassiveTcpTransport(
-                pool,
-                session_id,
-                port=params.src_port,
-                expected_peer=params.expected_peer,
-                framing=params.framing,
-                max_send_buffer=params.max_send_buffer,
-                direct_send=direct_send,
+        if transport is None:  # the one params.transport asks for (passive TCP by default)
+            transport = build_transport(
+                params, session_id, reactor=reactor, pool=pool, direct_send=direct_send
             )
         self.transport = transport
         self._core = core = SessionCore(
@@ -270,6 +265,9 @@ class TalkSession:
             "packet_ms": params.packet_ms,
             "two_way": params.receive,
             "ssrc_policy": str(params.ssrc_policy),
+            "transport": str(params.transport),
+            "destination": (f"{params.dst_host}:{params.dst_port}"
+                            if params.destination else None),
             "end_reason": str(self.end_reason) if self.end_reason else None,
             "stats": self.stats.as_dict(),
         }
