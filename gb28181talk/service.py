@@ -70,6 +70,7 @@ from gb28181talk.web.metrics import Metrics
 from gb28181talk.web.root import build_root, build_site
 from gb28181talk.web.zlm_events import NodeEvents
 from gb28181talk.web.zlm_node import DEFAULT_ALIVE_INTERVAL, DEFAULT_SCHEMAS, NodeSettings
+from gb28181talk.web.zlm_rtp import announce_rtp_timeouts
 from gb28181talk.web.zlm_streams import StreamView
 
 log = Logger()
@@ -349,6 +350,7 @@ class GbTalkService(MultiService):
         self.hooks: HookDeliverer = HookDeliverer(reactor, config.hook_url or "",
                                                   server_id=config.server_id)
         self.node.bind(self.hooks)
+        announce_rtp_timeouts(self.control.rtp_servers, self.node, self.hooks)
         self.manager.add_observer(self.hooks)
         self.metrics = Metrics(self.manager, self.registry, self.hooks)
         self.manager.add_observer(self.metrics)
@@ -478,6 +480,7 @@ class GbTalkService(MultiService):
         """End every talk session with reason ``shutdown``; their talk ports close."""
         live = len(self.manager.sessions())
         log.info("shutting down: ending {count} talk session(s) with reason shutdown", count=live)
+        self.control.rtp_servers.close_all()  # their ports too, before the pool is awaited
         await self.manager.shutdown()
 
     async def _drain_hooks(self) -> None:

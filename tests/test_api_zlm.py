@@ -128,7 +128,8 @@ class ZlmApiTests(unittest.TestCase):
             ({"stream": "tone", "ssrc": SSRC}, "app is required"),
             ({"app": "broadcast", "stream": "tone", "ssrc": SSRC, "pt": "300"}, "pt"),
             ({"app": "broadcast", "stream": "tone", "ssrc": SSRC, "src_port": "x"}, "src_port"),
-            ({"app": "broadcast", "stream": "tone", "ssrc": SSRC, "is_udp": "1"}, "UDP"),
+            # is_udp=1 is UDP passive now (ZLMediaKit's kUdpPassive); a non-flag is refused.
+            ({"app": "broadcast", "stream": "tone", "ssrc": SSRC, "is_udp": "maybe"}, "is_udp"),
             ({"app": "broadcast", "stream": "tone", "ssrc": SSRC, "type": "2"}, "MPEG-TS"),
             ({"app": "broadcast", "stream": "tone", "ssrc": SSRC, "close_delay_ms": "-5"},
              "close_delay_ms"),

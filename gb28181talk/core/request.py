@@ -23,6 +23,9 @@ class TalkRequest:
     recv_stream_id: str | None = None
     on_repeat: OnRepeat = OnRepeat.CONFLICT
     identity: Identity | None = None
+    rtp_server: str | None = None
+    """``transport`` ``rtp-server`` only: the stream_id of the RTP server whose device
+    connection the audio goes back on (``startSendRtpTalk``'s ``recv_stream_id``)."""
 
     @property
     def session_identity(self) -> Identity:

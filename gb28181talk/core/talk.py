@@ -40,19 +40,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gb28181talk.core.identity import Identity, Outcome, decide, differences
 from gb28181talk.core.manager import SessionManager
-from gb28181talk.core.params import EndReason, SessionState
+from gb28181talk.core.params import EndReason, SessionState, TransportKind
 from gb28181talk.core.request import TalkRequest
+from gb28181talk.core.rtp_server import RtpServers, TalkBackTransport
 from gb28181talk.core.session import TalkSession
 from gb28181talk.core.wiring import TwoWayWiring, Wiring
 from gb28181talk.errors import (
+    DeviceUnreachable,
     PortBusy,
     ReplaceFailed,
+    RtpServerNotFound,
     SessionConflict,
     SessionNotFound,
     ShuttingDown,
@@ -81,6 +84,7 @@ class TalkControl:
         *,
         record_dir: str | None = None,
         advertise_ip: str | None = None,
+        rtp_servers: RtpServers | None = None,
     ) -> None:
         self.clock = clock
         self.manager = manager
@@ -90,6 +94,10 @@ class TalkControl:
         self._wirings: dict[str, Wiring] = {}
         self._replacing: set[str] = set()
         self._end_waiters: dict[Identity, list[Deferred[str]]] = {}
+        self._connect_waiters: dict[str, list[Deferred[TalkSession]]] = {}
+        self.rtp_servers = rtp_servers if rtp_servers is not None else RtpServers(
+            clock, manager.pool, registry)
+        """The open RTP servers (``openRtpServer``), whose connections talk sessions reuse."""
         manager.add_observer(self)
 
     @property
@@ -214,16 +222,50 @@ class TalkControl:
 
     def _start_new(self, request: TalkRequest, identity: Identity) -> TalkSession:
         source = self._check_startable(request, replacing=None)
+        transport = self._talk_back_transport(request)
         wiring = self.wiring.build(request)
         try:
             session = self.manager.start(request.params, source, sinks=wiring.sinks,
-                                         identity=identity)
+                                         identity=identity, transport=transport)
         except Exception:
             self.wiring.discard(wiring)
             raise
         self._wirings[session.id] = wiring
         self.wiring.publish(session.id, wiring)
         return session
+
+    def _talk_back_transport(self, request: TalkRequest) -> TalkBackTransport | None:
+        """``rtp-server`` sessions go back on an RTP server's device connection."""
+        params = request.params
+        if params.transport is not TransportKind.RTP_SERVER:
+            return None
+        key = params.key
+        name = request.rtp_server or ""
+        server = self.rtp_servers.find_stream(key.vhost, key.app, name)
+        if server is None:
+            raise RtpServerNotFound(f"can not find the target stream: no RTP server "
+                                    f"{key.app}/{name} is open (openRtpServer)")
+        return TalkBackTransport(server)
+
+    def when_connected(self, session: TalkSession) -> Deferred[TalkSession]:
+        """Fires with ``session`` once its device is connected; DeviceUnreachable if it ends first.
+
+        What ``startSendRtp`` answers after, as ZLMediaKit answers once its
+        connect to the device succeeded or failed.  Fires at once for a session
+        that streams already (a passive or datagram one delivered at open).
+        """
+        if session.state is SessionState.STREAMING:
+            return succeed(session)
+        if session.state is SessionState.CLOSED:
+            return fail(self._unreachable(session))
+        waiting: Deferred[TalkSession] = Deferred()
+        self._connect_waiters.setdefault(session.id, []).append(waiting)
+        return waiting
+
+    @staticmethod
+    def _unreachable(session: TalkSession) -> DeviceUnreachable:
+        detail = session.end_detail or f"the talk session ended ({session.end_reason})"
+        return DeviceUnreachable(detail, session.port)
 
     # -- stopping and ends
 
@@ -268,13 +310,17 @@ class TalkControl:
         """Nothing to do: ``_start_new`` records the wiring."""
 
     def session_connected(self, session: Any, peer: tuple[str, int]) -> None:
-        """Nothing to do."""
+        """Tell who waits for this session's device (``when_connected``)."""
+        for waiting in self._connect_waiters.pop(session.id, []):
+            waiting.callback(session)
 
     def device_refused(self, session: Any, peer: tuple[str, int], why: str) -> None:
         """Nothing to do."""
 
     def session_ended(self, session: Any, reason: str, stats: Any) -> None:
         """Unpublish the device's audio source; tell who waits for the identity's end."""
+        for waiting in self._connect_waiters.pop(session.id, []):
+            waiting.errback(self._unreachable(session))
         wiring = self._wirings.pop(session.id, None)
         if wiring is None:
             return

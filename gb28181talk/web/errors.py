@@ -34,6 +34,8 @@ class ApiError(Exception):
 
 DOMAIN_ERRORS: tuple[tuple[type[errors.GbTalkError], int, int], ...] = (
     (errors.ShuttingDown, codes.OTHER_FAILED, 503),
+    (errors.DeviceUnreachable, codes.OTHER_FAILED, 502),
+    (errors.RtpServerNotFound, codes.OTHER_FAILED, 404),
     (errors.ReplaceFailed, codes.OTHER_FAILED, 500),
     (errors.RecordingUnavailable, codes.OTHER_FAILED, 500),
     (errors.SessionConflict, codes.INVALID_ARGS, 409),

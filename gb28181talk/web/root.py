@@ -28,6 +28,7 @@ from gb28181talk.web.native import NativeApi
 from gb28181talk.web.push import PushResource
 from gb28181talk.web.zlm import ZlmApi
 from gb28181talk.web.zlm_node import GetServerConfig, NodeSettings, SetServerConfig
+from gb28181talk.web.zlm_rtp import RTP_ENDPOINTS
 from gb28181talk.web.zlm_streams import CloseStreams, GetMediaInfo, GetMediaList, IsMediaOnline
 
 log = Logger()
@@ -88,6 +89,8 @@ def build_root(
         ("getServerConfig", GetServerConfig), ("setServerConfig", SetServerConfig),
     ):
         zlm_api.putChild(name.encode("ascii"), endpoint(auth, control, wait_timeout, node))
+    for name, rtp_endpoint in RTP_ENDPOINTS:
+        zlm_api.putChild(name.encode("ascii"), rtp_endpoint(auth, control, wait_timeout))
     index.putChild(b"api", zlm_api)
     root.putChild(b"index", _Branch(auth, index))
     root.putChild(b"api", NativeApi(auth, control, reactor, wait_timeout,

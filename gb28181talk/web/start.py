@@ -20,8 +20,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from gb28181talk.core.identity import OnRepeat
-from gb28181talk.core.params import MAX_SSRC, Packaging, SessionKey, SessionParams, SsrcPolicy
+from gb28181talk.core.params import (
+    MAX_SSRC,
+    Packaging,
+    SessionKey,
+    SessionParams,
+    SsrcPolicy,
+    TransportKind,
+)
 from gb28181talk.core.request import TalkRequest
+from gb28181talk.core.udp import DEFAULT_RTCP_TIMEOUT
 from gb28181talk.errors import SessionError
 from gb28181talk.media.framing import Framing
 from gb28181talk.media.law import Law
@@ -38,6 +46,7 @@ ZLMediaKit does; the native API ends one for silence only when ``receive_timeout
 MAX_CLOSE_DELAY_MS = 2**32 - 1
 """ZLMediaKit reads ``close_delay_ms`` as a uint32; wvp's talk sends 10,000,000 and more."""
 
+_HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9\-]{0,62})(\.[A-Za-z0-9\-]{1,63})*")
 _INTEGER = re.compile(r"[+-]?\d{1,15}")
 _DECIMAL_SSRC = re.compile(r"\d{1,10}")
 _TRUE = {"1", "true", "yes", "on"}
@@ -211,19 +220,75 @@ def _params(**fields: Any) -> SessionParams:
 # --------------------------------------------------------------------------- the two APIs
 
 
-def parse_zlm_start(args: Mapping[str, Any], wait_timeout: float) -> TalkRequest:
-    """``/index/api/startSendRtpPassive`` arguments (strings) as ZLMediaKit reads them."""
+def _destination(args: Mapping[str, Any], udp: bool) -> tuple[str, int]:
+    """``dst_url`` and ``dst_port`` of ``startSendRtp``: where the device is."""
+    host = text(args, "dst_url", None, None, "the device's address from its SDP c= line")
+    assert host is not None
+    port = _given(args, "dst_port")
+    if port is None:
+        raise invalid("parameter dst_port is required: the device's port from its SDP m= line")
+    dst_port = integer(args, "dst_port", 0, 1, 65535)
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        if udp:
+            raise invalid(f"parameter dst_url={host!r} is not an IP address; UDP sending needs "
+                          "the device's address as an IP (its SDP c= line)") from None
+        if not _HOST_NAME.fullmatch(host):
+            raise invalid(f"parameter dst_url={host!r} is neither an IP address nor a host "
+                          "name") from None
+    return host, dst_port
+
+
+def _transport(args: Mapping[str, Any], mode: str) -> dict[str, Any]:
+    """The transport fields of SessionParams for one of ZLMediaKit's sending calls."""
+    if mode == "talk":
+        return {"transport": TransportKind.RTP_SERVER}
+    if mode == "passive":
+        udp = boolean(args, "is_udp", False)
+        return {"transport": TransportKind.UDP_PASSIVE if udp else TransportKind.TCP_PASSIVE}
+    if _given(args, "is_udp") is None:
+        raise invalid("parameter is_udp is required: 1 to send UDP datagrams to the device, "
+                      "0 to connect to it over TCP")
+    udp = boolean(args, "is_udp", False)
+    host, port = _destination(args, udp)
+    fields: dict[str, Any] = {
+        "transport": TransportKind.UDP if udp else TransportKind.TCP_ACTIVE,
+        "dst_host": host, "dst_port": port,
+    }
+    if boolean(args, "udp_rtcp_timeout", False) and udp:
+        fields["rtcp_timeout"] = DEFAULT_RTCP_TIMEOUT
+    return fields
+
+
+def parse_zlm_start(args: Mapping[str, Any], wait_timeout: float,
+                    mode: str = "passive") -> TalkRequest:
+    """ZLMediaKit's sending calls (strings) as ZLMediaKit reads them.
+
+    ``mode`` ``passive``: ``startSendRtpPassive`` (TCP, or UDP with ``is_udp=1``);
+    ``active``: ``startSendRtp`` (``dst_url``, ``dst_port``, ``is_udp``,
+    ``udp_rtcp_timeout``); ``talk``: ``startSendRtpTalk`` (back on the connection of
+    the RTP server ``recv_stream_id``).
+    """
     vhost, app, stream = source_name(args)
     key_ssrc = ssrc(args)
     assert key_ssrc is not None
-    src_port = integer(args, "src_port", 0, 0, 65535)
+    src_port = integer(args, "src_port", 0, 0, 65535) if mode != "talk" else 0
     payload_type = integer(args, "pt", 96, 0, 127)
     packaging = _zlm_packaging(args)
     boolean(args, "only_audio", False)  # audio is all we send
-    _refuse_udp(args)
-    recv_stream_id = text(args, "recv_stream_id", None, NAME)
+    boolean(args, "enable_origin_recv_limit", False)  # our pacer never outruns the device
+    transport = _transport(args, mode)
+    if mode == "talk":
+        rtp_server = text(args, "recv_stream_id", None, NAME,
+                          "the stream_id of the RTP server the device sends its voice to")
+        recv_stream_id = None
+    else:
+        rtp_server = None
+        recv_stream_id = text(args, "recv_stream_id", None, NAME)
     two_way = recv_stream_id is not None
     params = _params(
+        **transport,
         key=SessionKey(vhost, app, stream, key_ssrc),
         src_port=src_port,
         law=Law.ULAW if payload_type == 0 and packaging is Packaging.RAW else Law.ALAW,
@@ -234,7 +299,8 @@ def parse_zlm_start(args: Mapping[str, Any], wait_timeout: float) -> TalkRequest
         receive_timeout=TWO_WAY_RECEIVE_TIMEOUT if two_way else None,
         ssrc_text=args["ssrc"].strip() if isinstance(args.get("ssrc"), str) else None,
     )
-    return TalkRequest(params, recv_stream_id, OnRepeat.REPLACE_UNLESS_WAITING)
+    return TalkRequest(params, recv_stream_id, OnRepeat.REPLACE_UNLESS_WAITING,
+                       rtp_server=rtp_server)
 
 
 def parse_native_start(body: Mapping[str, Any], wait_timeout: float) -> TalkRequest:

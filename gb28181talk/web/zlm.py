@@ -1,4 +1,4 @@
-"""ZLMediaKit's HTTP API as platforms call it: ``/index/api/startSendRtpPassive`` and friends.
+"""ZLMediaKit's HTTP API as platforms call it: ``/index/api/startSendRtp*`` and friends.
 
 Same paths, parameter names, defaults and reply shapes as ZLMediaKit
 (``server/WebApi.cpp``): arguments from the query string, a form or a JSON
@@ -12,11 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from gb28181talk.core.session import TalkSession
 from gb28181talk.core.talk import TalkControl
+from gb28181talk.errors import DeviceUnreachable
 from gb28181talk.web import codes
 from gb28181talk.web.common import (
     ApiError,
@@ -29,10 +31,12 @@ from gb28181talk.web.common import (
 )
 from gb28181talk.web.start import parse_zlm_start, source_name, ssrc
 
-ENDPOINTS = ("startSendRtpPassive", "stopSendRtp", "listRtpSender", "getMediaList",
-             "getMediaInfo", "isMediaOnline", "close_streams", "getServerConfig",
-             "setServerConfig")
-"""Every endpoint served; getMediaList and after are added by web/zlm_streams and web/zlm_node."""
+ENDPOINTS = ("startSendRtpPassive", "startSendRtp", "startSendRtpTalk", "stopSendRtp",
+             "listRtpSender", "getMediaList", "getMediaInfo", "isMediaOnline", "close_streams",
+             "getServerConfig", "setServerConfig", "openRtpServer", "closeRtpServer",
+             "listRtpServer", "connectRtpServer", "getRtpInfo")
+"""Every endpoint served; getMediaList and after are added by web/zlm_streams, web/zlm_node
+and web/zlm_rtp."""
 
 _HINT = "this server implements /index/api/" + ", /index/api/".join(ENDPOINTS)
 
@@ -87,13 +91,46 @@ class ZlmEndpoint(JsonResource):
 
 
 class StartSendRtpPassive(ZlmEndpoint):
-    """Open a talk port for the device to connect to; answers ``local_port`` at once."""
+    """Open a talk port for the device to reach (TCP, or UDP with ``is_udp=1``); answers at once."""
+
+    mode = "passive"
 
     def answer(self, args: dict[str, str]) -> Deferred[dict[str, Any]]:  # type: ignore[override]
-        request = parse_zlm_start(args, self.wait_timeout)
+        request = parse_zlm_start(args, self.wait_timeout, self.mode)
         return self.control.start(request).addCallback(
             lambda session: {"local_port": session.port}
         )
+
+
+class StartSendRtp(StartSendRtpPassive):
+    """Send to the device at ``dst_url:dst_port``: UDP datagrams, or over our TCP connection.
+
+    As ZLMediaKit, the answer leaves once the device is reached: at once for UDP,
+    when the TCP connect succeeds, or ``{"code": -1, "msg": why, "local_port": N}``
+    when it is refused or times out (after ``close_delay_ms``, default 5 s).
+    """
+
+    mode = "active"
+
+    def answer(self, args: dict[str, str]) -> Deferred[dict[str, Any]]:  # type: ignore[override]
+        request = parse_zlm_start(args, self.wait_timeout, self.mode)
+        control = self.control
+        connected = control.start(request).addCallback(control.when_connected)
+        return connected.addCallbacks(
+            lambda session: {"local_port": session.port}, _unreachable_reply)
+
+
+class StartSendRtpTalk(StartSendRtpPassive):
+    """Send back on the connection the device opened to the RTP server ``recv_stream_id``."""
+
+    mode = "talk"
+
+
+def _unreachable_reply(failure: Failure) -> dict[str, Any]:
+    """ZLMediaKit's answer to a device it could not reach: code -1, why, the local port."""
+    failure.trap(DeviceUnreachable)
+    error = failure.value
+    return {"code": codes.OTHER_FAILED, "msg": str(error), "local_port": error.local_port}
 
 
 class StopSendRtp(ZlmEndpoint):
@@ -142,6 +179,8 @@ class ZlmApi(Resource):
         self.auth = auth
         for name, endpoint in (
             ("startSendRtpPassive", StartSendRtpPassive),
+            ("startSendRtp", StartSendRtp),
+            ("startSendRtpTalk", StartSendRtpTalk),
             ("stopSendRtp", StopSendRtp),
             ("listRtpSender", ListRtpSender),
         ):
