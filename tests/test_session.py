@@ -564,3 +564,81 @@ def test_ps_pts_and_scr_keep_counting_in_33_bits_when_the_rtp_timestamp_wraps() 
     unwrapped = [first + n * 1800 for n in (0, 1, 2, 3, 4, 7, 8, 9, 10)]
     assert scr == pts == unwrapped, "90 kHz time goes on past 2**32 instead of back to 0"
     assert [(t - first) % 2**32 for t in rtp] == [(u - first) % 2**32 for u in unwrapped]
+
+
+# -- receive budgets through the whole session (issue 12 items 2 and 3) ------------------------
+
+
+def _flood(reactor, device: FakeDevice, data: bytes, seconds: float, session) -> None:
+    """The device sends ``data`` every reactor turn it is read, for ``seconds`` of 20 ms turns."""
+    for _ in range(round(seconds / 0.02)):
+        if session.state is SessionState.CLOSED:
+            return
+        if device.transport.producerState == "producing":  # its reading is not paused
+            device.send(data)
+        reactor.advance(0.02)
+
+
+def test_a_device_flooding_valid_audio_cannot_fill_the_recording(tmp_path) -> None:
+    from gb28181talk.core.recorder import WavRecorder
+
+    reactor, manager, observer = make()
+    recorder = WavRecorder(str(tmp_path / "flood.wav"))
+    session = manager.start(params(receive=True), tone_source(), sinks=[recorder])
+    device = FakeDevice()
+    device.connect(reactor, session.port)
+    burst = b"".join(device_packet(SSRC, n) for n in range(200))  # 4 s of audio a turn
+    _flood(reactor, device, burst, 5.0, session)
+    assert session.end_reason == "receive-flood", session.end_detail
+    elapsed = session.ended_at - session.connected_at
+    assert recorder.closed
+    assert recorder.bytes_written <= (elapsed + 2.0) * 16_000, "no more than time + allowance"
+    stats = session.describe()["stats"]
+    assert stats["excess_audio_packets"] > 0 and stats["excess_audio_s"] > 0
+    assert [e[2] for e in observer.ended()] == ["receive-flood"]
+
+
+def test_tiny_frames_pause_the_flooding_device_and_end_it_while_others_stream() -> None:
+    reactor, manager, _ = make()
+    healthy = manager.start(params(key=SessionKey("v", "a", "healthy", 5)), tone_source())
+    listener = FakeDevice(port=40001)
+    listener.connect(reactor, healthy.port)
+    flooder = manager.start(params(receive=True), tone_source())
+    device = FakeDevice()
+    device.connect(reactor, flooder.port)
+    tiny = b"\x00\x01\x80" * 20_000  # 20,000 one-byte frames per read
+    paused_seen = False
+    for _ in range(500):
+        if flooder.state is SessionState.CLOSED:
+            break
+        if device.transport.producerState == "producing":
+            device.send(tiny)
+        else:
+            paused_seen = True
+        reactor.advance(0.02)
+    assert paused_seen, "the flooding device's reading was paused"
+    assert flooder.end_reason == "receive-flood", flooder.end_detail
+    stats = flooder.stats
+    assert stats.receive_throttles == 5
+    assert stats.invalid_packets <= 5 * 1000, "at most the budget's frames were looked at"
+    assert healthy.state is SessionState.STREAMING
+    packets = listener.receive()
+    assert [p.sequence for p in packets] == [
+        (packets[0].sequence + n) & 0xFFFF for n in range(len(packets))
+    ]
+    assert len(packets) >= 50 * 4, "the healthy device heard every 20 ms of the flood's 4 s"
+
+
+def test_a_one_way_session_ignores_what_its_device_sends() -> None:
+    reactor, manager, _ = make()
+    session = manager.start(params(), tone_source())
+    device = FakeDevice()
+    device.connect(reactor, session.port)
+    for _ in range(50):
+        device.send(b"\x00\x01\x80" * 20_000 + b"\xff" * 64)  # nothing here is even parsed
+        reactor.advance(0.02)
+    assert session.state is SessionState.STREAMING
+    stats = session.stats
+    assert stats.bytes_received == 50 * 60_064
+    assert stats.invalid_packets == stats.packets_received == stats.receive_throttles == 0
+    assert device.transport.producerState == "producing"

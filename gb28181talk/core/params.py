@@ -48,6 +48,9 @@ class EndReason(enum.StrEnum):
     SSRC_VIOLATION = "ssrc-violation"
     SOURCE_ENDED = "source-ended"
     RECEIVE_TIMEOUT = "receive-timeout"
+    RECEIVE_FLOOD = "receive-flood"
+    """The device sent more than its receive budget: audio faster than time passes, or
+    frames and bytes over its per-second share, persistently."""
     ERROR = "error"
     SHUTDOWN = "shutdown"
 
@@ -212,6 +215,14 @@ class SessionStats:
     invalid_packets: int = 0
     rtcp_packets: int = 0
     ssrc_violations: int = 0
+    excess_audio_packets: int = 0
+    """Device packets dropped before decoding: more audio than time had passed (+ allowance)."""
+    excess_audio_s: float = 0.0
+    """Their audio, in seconds."""
+    receive_throttles: int = 0
+    """Seconds in which the device spent its frame/byte budget and its reading was paused."""
+    packets_over_budget: int = 0
+    """Datagrams dropped unread because the device was over its per-second budget."""
     refused_connections: int = 0
     jitter_mean_ms: float = 0.0
     jitter_max_ms: float = 0.0

@@ -62,6 +62,16 @@ class TcpLink:
         """Bytes waiting in Twisted's buffer for this connection."""
         return self._writer.queued
 
+    def pause_reading(self) -> None:
+        """Read nothing more from the device for now (it is over its receive budget)."""
+        if not self.lost:
+            self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        """Read the device again."""
+        if not self.lost:
+            self.transport.resumeProducing()
+
     def close(self, abort: bool) -> None:
         """Close now; abort if asked or if bytes still wait for a device that is not reading.
 

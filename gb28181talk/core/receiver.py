@@ -3,24 +3,43 @@
 Bytes from the device are counted always; in two-way talk
 (``params.receive``) they are deframed (:class:`FrameDecoder` detects RFC
 4571, interleaved or bare RTP), RTCP multiplexed on the connection is
-skipped, the SSRC policy is applied (``strict``/``learn``/``off``, with an
-optional violation limit that ends the session), the payload is
-depacketized by the payload table (raw G.711, or MPEG-PS demuxed), decoded
-to PCM16 and handed to every :class:`IAudioSink`.  A sink that fails is
-logged, never allowed to break the session.  No reactor here: the clock is
-anything with ``seconds()``.
+skipped, frames too short for RTP are counted as invalid without parsing,
+the SSRC policy is applied (``strict``/``learn``/``off``, with an optional
+violation limit that ends the session), the payload is depacketized by the
+payload table (raw G.711, or MPEG-PS demuxed), decoded to PCM16 and handed
+to every :class:`IAudioSink`.  A sink that fails is logged, never allowed to
+break the session.  A one-way session parses nothing: it only counts bytes.
+
+Two budgets (:class:`ReceiveBudget`) keep one device from hurting the disk
+or the other sessions, here, once, for every sink:
+
+- **audio**: a device cannot deliver more audio than reactor time has passed
+  since it connected, plus a small allowance; the excess is dropped before it
+  is decoded and counted, and a flood (excess piling up faster than it is
+  forgiven) ends the session with ``receive-flood``;
+- **frames and bytes**: at most so many per read and per second of reactor
+  time.  What a read brings beyond the per-read share waits for the next
+  reactor turn; beyond the per-second share, for the next second, with the
+  device's reading paused (:meth:`Receiver.throttle_by`: the link's
+  ``pause_reading``) meanwhile.  A device over its second's budget so many
+  seconds in a row ends with ``receive-flood``.  Datagrams over the budget are
+  dropped unread and counted.
+
+The reactor is anything with ``seconds()`` and ``callLater()``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from gb28181talk.core.params import EndReason, SessionParams, SsrcPolicy
 from gb28181talk.errors import FramingError, MediaError
-from gb28181talk.interfaces import IAudioSink
+from gb28181talk.interfaces import SAMPLE_RATE, IAudioSink
 from gb28181talk.media import g711
 from gb28181talk.media.framing import FrameDecoder
 from gb28181talk.media.law import Law
@@ -32,6 +51,43 @@ log = Logger()
 
 _RTCP_PACKET_TYPES = frozenset(range(200, 205))
 """SR, RR, SDES, BYE, APP: second byte of an RTCP packet (RFC 3550, RFC 5761 demux)."""
+
+_RTP_HEADER_SIZE = 12
+"""A frame shorter than this is not RTP: counted as invalid without parsing it."""
+
+_MIN_FRAME_BYTES = 3
+"""The fewest bytes a frame takes on a stream (RFC 4571: a 2-byte length and 1 byte), so a
+slice of 3n bytes completes at most n frames (and one begun before it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiveBudget:
+    """How much one device may send a talk session: audio against time, frames and bytes."""
+
+    audio_allowance_s: float = 2.0
+    """Audio a device may deliver ahead of the time passed since it connected (a burst)."""
+    flood_limit_s: float = 10.0
+    """Excess audio (beyond time + allowance) that ends the session with ``receive-flood``..."""
+    flood_forgiven_per_s: float = 0.5
+    """... less this much for every second that passes, so a device whose clock runs a little
+    fast is trimmed, never ended; one sending over 1.5 times real time is."""
+    frames_per_read: int = 256
+    """Frames handled per piece of data (per reactor turn); the rest waits for the next turn."""
+    bytes_per_read: int = 64 * 1024
+    """Bytes handled per piece of data (per reactor turn)."""
+    frames_per_second: int = 1000
+    """Frames per second of reactor time (G.711 in 20 ms packets is 50, PS a few more)."""
+    bytes_per_second: int = 1024 * 1024
+    """Bytes per second of reactor time (G.711 is about 9 kB/s; PS with video far less
+    than this)."""
+    overloaded_seconds: int = 5
+    """Seconds in a row a device may exhaust its per-second budget; then ``receive-flood``."""
+    max_backlog: int = 256 * 1024
+    """Bytes held for later turns when the link cannot pause its reading; over it, the
+    session ends (a pausable link holds at most one read)."""
+
+
+DEFAULT_BUDGET = ReceiveBudget()
 
 
 class Receiver:
@@ -45,9 +101,11 @@ class Receiver:
         clock: Any,
         *,
         name: str = "",
+        budget: ReceiveBudget = DEFAULT_BUDGET,
     ) -> None:
         self.sinks = list(sinks)
         self.name = name
+        self.budget = budget
         self._end = end
         self._clock = clock
         self._two_way = params.receive
@@ -60,12 +118,36 @@ class Receiver:
         self._whole_packets = False
         self._ps_demuxer: PsDemuxer | None = None
         self._learned_ssrc: int | None = None
+        # The audio budget: samples heard since the device connected, the flood's debt.
+        self._started_at = 0.0
+        self._heard_samples = 0
+        self._excess_samples = 0
+        self._flood_debt = 0.0
+        self._flood_debt_at = 0.0
+        # The frame and byte budget: this second's counts, what waits, who resumes it.
+        self._link: Any = None
+        self._paused = False
+        self._window_end = 0.0
+        self._window_frames = 0
+        self._window_bytes = 0
+        self._window_over = False
+        self._over_streak = 0
+        self._backlog = bytearray()
+        self._later: IDelayedCall | None = None
         self.last_received_at = 0.0
         self.packets_received = 0
         self.bytes_received = 0
         self.invalid_packets = 0
         self.rtcp_packets = 0
         self.ssrc_violations = 0
+        self.excess_audio_packets = 0
+        self.receive_throttles = 0
+        self.packets_over_budget = 0
+
+    @property
+    def excess_audio_s(self) -> float:
+        """Seconds of audio dropped for arriving faster than time passed."""
+        return self._excess_samples / SAMPLE_RATE
 
     def start(self, now: float, whole_packets: bool = False) -> None:
         """A device is connected: from now on its RTP is heard (in two-way talk).
@@ -73,13 +155,26 @@ class Receiver:
         ``whole_packets``: every piece of data is one packet (datagrams), nothing to deframe.
         """
         self.last_received_at = now
+        self._started_at = self._flood_debt_at = now
+        self._window_end = now + 1.0
         self._whole_packets = whole_packets
         if self._two_way:
             self._decoder = FrameDecoder()
 
+    def throttle_by(self, link: Any) -> None:
+        """Pause and resume the device's reading through ``link`` (its ``pause_reading`` and
+        ``resume_reading``, if it has them) when the device is over its budget."""
+        if self._decoder is not None and hasattr(link, "pause_reading"):
+            self._link = link
+
     def stop(self) -> None:
         """The session ended: nothing more is heard; every sink hears the end."""
         self._decoder = None
+        self._link = None
+        self._backlog = bytearray()
+        later, self._later = self._later, None
+        if later is not None and later.active():
+            later.cancel()
         for sink in self.sinks:
             self._guarded(sink.audio_ended)
 
@@ -89,27 +184,168 @@ class Receiver:
         if timeout is not None and now - self.last_received_at > timeout:
             self._end(EndReason.RECEIVE_TIMEOUT, f"no audio from the device for {timeout:g} s")
 
+    # -- data from the device ------------------------------------------------
+
     def data_received(self, data: bytes) -> None:
         """Bytes from the device: RTP audio in two-way talk, else counted and dropped."""
         self.bytes_received += len(data)
-        decoder = self._decoder
-        if decoder is None:
+        if self._decoder is None:
             return
         if self._whole_packets:
-            self._packet(data)
+            self._datagram(data)
+        elif self._backlog:  # earlier data still waits its turn: this goes behind it
+            self._backlog += data
+            if len(self._backlog) > self.budget.max_backlog:
+                self._end(
+                    EndReason.RECEIVE_FLOOD,
+                    f"{len(self._backlog)} bytes from the device waiting to be read, over "
+                    f"{self.budget.max_backlog}: it sends faster than its budget "
+                    f"({self._budget_text()}) and its reading cannot be paused",
+                )
+        else:
+            self._read(data)
+
+    def _read(self, data: bytes | bytearray) -> None:
+        """Deframe and hear ``data`` within this turn's and this second's budget; keep the rest."""
+        decoder = self._decoder
+        assert decoder is not None
+        budget = self.budget
+        now = self._clock.seconds()
+        if now >= self._window_end:
+            self._new_window(now)
+        frames_left = min(budget.frames_per_read, budget.frames_per_second - self._window_frames)
+        bytes_left = min(budget.bytes_per_read, budget.bytes_per_second - self._window_bytes)
+        size = len(data)
+        taken = 0
+        with memoryview(data) as view:
+            while taken < size and frames_left > 0 and bytes_left > 0:
+                step = min(size - taken, bytes_left, _MIN_FRAME_BYTES * frames_left)
+                rtcp_before = decoder.rtcp_frames
+                try:
+                    packets = decoder.feed(view[taken : taken + step])
+                except FramingError as error:
+                    self._end(
+                        EndReason.ERROR, f"the device sent data that is not RTP over TCP: {error}"
+                    )
+                    return
+                taken += step
+                frames = len(packets) + decoder.rtcp_frames - rtcp_before
+                frames_left -= frames
+                bytes_left -= step
+                self._window_frames += frames
+                self._window_bytes += step
+                for packet in packets:
+                    self._packet(packet)
+                    if self._decoder is None:  # the session ended on this packet
+                        return
+            rest = bytearray(view[taken:]) if taken < size else None
+        exhausted = (
+            self._window_frames >= budget.frames_per_second
+            or self._window_bytes >= budget.bytes_per_second
+        )
+        if exhausted:
+            self._over_budget(now)
+        elif rest is not None:  # over this turn's share: the rest waits for the next turn
+            self._pause()
+            self._later = self._clock.callLater(0, self._next_turn)
+        elif self._paused:
+            self._resume()
+        if rest is not None:
+            self._backlog = rest
+
+    def _datagram(self, packet: bytes) -> None:
+        """One whole packet (a datagram): heard within this second's budget, else dropped."""
+        budget = self.budget
+        now = self._clock.seconds()
+        if now >= self._window_end:
+            self._new_window(now)
+        if self._window_over:
+            self.packets_over_budget += 1
             return
-        try:
-            packets = decoder.feed(data)
-        except FramingError as error:
-            self._end(EndReason.ERROR, f"the device sent data that is not RTP over TCP: {error}")
+        self._window_frames += 1
+        self._window_bytes += len(packet)
+        self._packet(packet)
+        if self._decoder is not None and (
+            self._window_frames >= budget.frames_per_second
+            or self._window_bytes >= budget.bytes_per_second
+        ):
+            self._over_budget(now)
+
+    def _over_budget(self, now: float) -> None:
+        """This second's budget is spent: pause the device until the second is over."""
+        if self._window_over:
             return
-        for packet in packets:
-            self._packet(packet)
-            if self._decoder is None:  # the session ended on this packet
-                return
+        self._window_over = True
+        self.receive_throttles += 1
+        self._over_streak += 1
+        budget = self.budget
+        if self._over_streak >= budget.overloaded_seconds:
+            self._end(
+                EndReason.RECEIVE_FLOOD,
+                f"the device went over its receive budget ({self._budget_text()}) "
+                f"{self._over_streak} seconds in a row",
+            )
+            return
+        if self.receive_throttles == 1:
+            log.warn(
+                "talk session {id}: the device sends more than its receive budget ({budget}); "
+                "its reading is paused until each second is over (counted in receive_throttles)",
+                id=self.name,
+                budget=self._budget_text(),
+            )
+        self._pause()
+        later = self._later
+        if later is not None and later.active():
+            later.cancel()
+        self._later = self._clock.callLater(max(0.0, self._window_end - now), self._next_second)
+
+    def _new_window(self, now: float) -> None:
+        """A new second of budget from ``now``; a second that was not overspent ends a streak."""
+        if not self._window_over:
+            self._over_streak = 0
+        self._window_end = now + 1.0
+        self._window_frames = 0
+        self._window_bytes = 0
+        self._window_over = False
+
+    def _next_second(self) -> None:
+        """The paused second is over: a fresh budget, then what waited."""
+        self._later = None
+        self._new_window(self._clock.seconds())
+        self._next_turn()
+
+    def _next_turn(self) -> None:
+        """Go on with what waited; read the device again once nothing waits."""
+        self._later = None
+        if self._decoder is None:
+            return
+        if self._whole_packets or not self._backlog:
+            self._resume()
+            return
+        backlog, self._backlog = self._backlog, bytearray()
+        self._read(backlog)
+
+    def _pause(self) -> None:
+        if not self._paused and self._link is not None:
+            self._paused = True
+            self._link.pause_reading()
+
+    def _resume(self) -> None:
+        if self._paused and self._link is not None:
+            self._paused = False
+            self._link.resume_reading()
+
+    def _budget_text(self) -> str:
+        budget = self.budget
+        return f"{budget.frames_per_second} frames or {budget.bytes_per_second} bytes a second"
+
+    # -- packets -------------------------------------------------------------
 
     def _packet(self, packet: bytes) -> None:
-        if len(packet) > 1 and packet[1] in _RTCP_PACKET_TYPES:
+        if len(packet) < _RTP_HEADER_SIZE:
+            self.invalid_packets += 1  # too short for RTP (a 1-byte frame): not parsed
+            return
+        if packet[1] in _RTCP_PACKET_TYPES:
             # RTCP multiplexed on the talk connection (RFC 5761): not audio, and its
             # sender SSRC must not be learnt or counted as a violation.
             self.rtcp_packets += 1
@@ -121,16 +357,55 @@ class Receiver:
             return
         if self._policy is not SsrcPolicy.OFF and not self._ssrc_accepted(rtp.ssrc):
             return
-        self.packets_received += 1
-        self.last_received_at = self._clock.seconds()
+        self.last_received_at = now = self._clock.seconds()
         payload = by_payload_type(rtp.payload_type)
         if payload is not None and payload.law is not None:
-            self._hear(payload.law, rtp.payload, rtp.timestamp)
+            if self._within_audio_budget(len(rtp.payload), now):
+                self.packets_received += 1
+                self._hear(payload.law, rtp.payload, rtp.timestamp)
             return
+        self.packets_received += 1
         if self._ps_demuxer is None:
             self._ps_demuxer = PsDemuxer()
         for audio in self._ps_demuxer.feed(rtp.payload):
-            self._hear(audio.law or self._law, audio.payload, rtp.timestamp)
+            if self._decoder is None:  # the session ended on the audio before
+                return
+            if self._within_audio_budget(len(audio.payload), now):
+                self._hear(audio.law or self._law, audio.payload, rtp.timestamp)
+
+    def _within_audio_budget(self, samples: int, now: float) -> bool:
+        """True if ``samples`` more keep the device within the time since it connected.
+
+        Otherwise they are excess: counted, and added to the flood's debt (which is
+        forgiven at ``flood_forgiven_per_s``); a debt over ``flood_limit_s`` ends the session.
+        """
+        budget = self.budget
+        elapsed = now - self._started_at
+        if self._heard_samples + samples <= (elapsed + budget.audio_allowance_s) * SAMPLE_RATE:
+            self._heard_samples += samples
+            return True
+        self.excess_audio_packets += 1
+        self._excess_samples += samples
+        forgiven = (now - self._flood_debt_at) * budget.flood_forgiven_per_s * SAMPLE_RATE
+        self._flood_debt = max(0.0, self._flood_debt - forgiven) + samples
+        self._flood_debt_at = now
+        if self._flood_debt > budget.flood_limit_s * SAMPLE_RATE:
+            self._end(
+                EndReason.RECEIVE_FLOOD,
+                f"the device sent more audio than time allows: {self.excess_audio_s:.1f} s "
+                f"beyond the {elapsed:.1f} s since it connected (plus "
+                f"{budget.audio_allowance_s:g} s allowance) were dropped",
+            )
+        elif self.excess_audio_packets == 1:
+            log.warn(
+                "talk session {id}: the device sends audio faster than time passes "
+                "({heard:.1f} s in {elapsed:.1f} s); the excess is dropped and counted "
+                "(excess_audio_packets)",
+                id=self.name,
+                heard=self._heard_samples / SAMPLE_RATE,
+                elapsed=elapsed,
+            )
+        return False
 
     def _hear(self, law: Law, audio: bytes, timestamp: int) -> None:
         pcm = g711.decode(law, audio)

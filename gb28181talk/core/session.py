@@ -171,7 +171,7 @@ class TalkSession:
         self._machine.start()
         early, self._early_link = self._early_link, None
         if early is not None:  # a transport that had its device at once (a datagram one)
-            self._machine.device_connected(early)
+            self._deliver(early)
 
     def stop(self, reason: EndReason = EndReason.STOPPED) -> bool:
         """End the session now, in any state; False if it had already ended."""
@@ -188,7 +188,15 @@ class TalkSession:
         if self._opening:  # delivered from within open(): streams once listening began
             self._early_link = link
             return
+        self._deliver(link)
+
+    def _deliver(self, link: IDeviceLink) -> None:
+        """Hand the link to the lifecycle; the one it streams to is also the receiver's to
+        throttle (pause its reading) when the device is over its receive budget."""
+        waiting = self._core.connected_at is None
         self._machine.device_connected(link)
+        if waiting and self._core.connected_at is not None:
+            self.receiver.throttle_by(link)
 
     def device_refused(self, peer: tuple[str, int], why: str) -> None:
         """A connection was turned away: counted, logged, observers told."""
@@ -237,6 +245,10 @@ class TalkSession:
             invalid_packets=receiver.invalid_packets,
             rtcp_packets=receiver.rtcp_packets,
             ssrc_violations=receiver.ssrc_violations,
+            excess_audio_packets=receiver.excess_audio_packets,
+            excess_audio_s=receiver.excess_audio_s,
+            receive_throttles=receiver.receive_throttles,
+            packets_over_budget=receiver.packets_over_budget,
             refused_connections=self._refused,
             jitter_mean_ms=sender.jitter_mean_ms,
             jitter_max_ms=sender.jitter_max_ms,
