@@ -334,3 +334,23 @@ def test_stop_cancels_the_budget_timers() -> None:
     assert world.clock.getDelayedCalls() == []
     world.clock.advance(2.0)
     assert world.receiver.invalid_packets == 10
+
+
+def test_a_second_opened_by_data_before_its_timer_keeps_its_count() -> None:
+    world = Harness(ReceiveBudget(frames_per_second=100), link=None)
+    world.send(TINY * 100)  # exactly the second's budget: spent, nothing left over
+    assert world.receiver.receive_throttles == 1
+    world.clock.rightNow = 101.0  # the second is over; data comes before its timer runs
+    world.send(TINY * 50)
+    world.clock.advance(0)  # the timer, late: the second the data opened goes on
+    world.send(TINY * 60)
+    assert world.receiver.invalid_packets == 200
+    assert world.receiver.receive_throttles == 2
+
+
+def test_a_short_rtcp_report_is_rtcp_not_invalid() -> None:
+    world = Harness()
+    empty_receiver_report = bytes([0x80, 201, 0, 1]) + SSRC.to_bytes(4, "big")
+    world.send(frame_rfc4571(empty_receiver_report) + TINY)
+    assert world.receiver.rtcp_packets == 1
+    assert world.receiver.invalid_packets == 1

@@ -642,3 +642,22 @@ def test_a_one_way_session_ignores_what_its_device_sends() -> None:
     assert stats.bytes_received == 50 * 60_064
     assert stats.invalid_packets == stats.packets_received == stats.receive_throttles == 0
     assert device.transport.producerState == "producing"
+
+
+def test_the_receive_budget_figures_are_in_the_metrics() -> None:
+    from gb28181talk.web.metrics import Metrics
+
+    reactor, manager, _ = make()
+    metrics = Metrics(manager)
+    manager.add_observer(metrics)
+    session = manager.start(params(receive=True), tone_source())
+    device = FakeDevice()
+    device.connect(reactor, session.port)
+    device.send(b"".join(device_packet(SSRC, n) for n in range(150)))
+    page = metrics.render()
+    assert "gbtalk_excess_audio_packets_total 50" in page
+    assert "gbtalk_excess_audio_seconds_total 1" in page
+    assert "gbtalk_receive_throttles_total 0" in page
+    session.stop()
+    assert "gbtalk_excess_audio_packets_total 50" in metrics.render()
+    assert 'gbtalk_sessions_ended_total{reason="receive-flood"} 0' in metrics.render()

@@ -250,7 +250,7 @@ class Receiver:
             self._later = self._clock.callLater(0, self._next_turn)
         elif self._paused:
             self._resume()
-        if rest is not None:
+        if rest is not None and self._decoder is not None:
             self._backlog = rest
 
     def _datagram(self, packet: bytes) -> None:
@@ -311,7 +311,9 @@ class Receiver:
     def _next_second(self) -> None:
         """The paused second is over: a fresh budget, then what waited."""
         self._later = None
-        self._new_window(self._clock.seconds())
+        now = self._clock.seconds()
+        if now >= self._window_end - 1e-6:  # (data may have opened the new second already)
+            self._new_window(now)
         self._next_turn()
 
     def _next_turn(self) -> None:
@@ -342,13 +344,14 @@ class Receiver:
     # -- packets -------------------------------------------------------------
 
     def _packet(self, packet: bytes) -> None:
-        if len(packet) < _RTP_HEADER_SIZE:
-            self.invalid_packets += 1  # too short for RTP (a 1-byte frame): not parsed
-            return
-        if packet[1] in _RTCP_PACKET_TYPES:
+        size = len(packet)
+        if size > 1 and packet[1] in _RTCP_PACKET_TYPES:
             # RTCP multiplexed on the talk connection (RFC 5761): not audio, and its
             # sender SSRC must not be learnt or counted as a violation.
             self.rtcp_packets += 1
+            return
+        if size < _RTP_HEADER_SIZE:
+            self.invalid_packets += 1  # too short for RTP (a 1-byte frame): not parsed
             return
         try:
             rtp = parse_rtp(packet)

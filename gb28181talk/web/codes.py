@@ -41,6 +41,7 @@ SOCKET_ERRORS: Final = {
     "stopped": 6,
     "shutdown": 6,
     "ssrc-violation": -1,
+    "receive-flood": -1,
     "error": -1,
 }
 """End reasons as ZLMediaKit ``ErrCode`` values (eof 1, timeout 2, shutdown 6, other -1)."""

@@ -31,6 +31,14 @@ _TOTALS = (
     ("ssrc_violations", "gbtalk_ssrc_violations_total",
      "Device packets dropped for carrying an unexpected SSRC."),
     ("invalid_packets", "gbtalk_invalid_packets_total", "Device packets that were not RTP."),
+    ("excess_audio_packets", "gbtalk_excess_audio_packets_total",
+     "Device packets dropped before decoding: more audio than time had passed."),
+    ("excess_audio_s", "gbtalk_excess_audio_seconds_total",
+     "Seconds of device audio dropped for arriving faster than time passed."),
+    ("receive_throttles", "gbtalk_receive_throttles_total",
+     "Seconds in which a device spent its receive budget and its reading was paused."),
+    ("packets_over_budget", "gbtalk_packets_over_budget_total",
+     "Device datagrams dropped unread: the device was over its receive budget."),
 )
 
 
