@@ -206,6 +206,9 @@ class SendModeTests(unittest.TestCase):
         assert len(listed.json["data"]) == 1
         info = await self.wvp("getRtpInfo", stream_id="34020000001320000001")
         assert info.json["exist"] is True and info.json["local_port"] == port
+        # wvp learns of the device's stream as of any other: on_stream_changed, app rtp.
+        await until(lambda: [body for body in self.hooks("on_stream_changed")
+                             if body["app"] == "rtp" and body["regist"]])
         listener, listener_port = self.udp_device()
         heard = await self.wvp("startSendRtp", vhost=VHOST, app="rtp",
                                stream="34020000001320000001", ssrc="5", pt=8, use_ps=0,
