@@ -620,7 +620,7 @@ def test_tiny_frames_pause_the_flooding_device_and_end_it_while_others_stream() 
     assert flooder.end_reason == "receive-flood", flooder.end_detail
     stats = flooder.stats
     assert stats.receive_throttles == 5
-    assert stats.invalid_packets <= 5 * 1000, "at most the budget's frames were looked at"
+    assert stats.invalid_packets <= 5 * 2000, "at most the budget's frames were looked at"
     assert healthy.state is SessionState.STREAMING
     packets = listener.receive()
     assert [p.sequence for p in packets] == [

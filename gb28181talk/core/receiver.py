@@ -75,11 +75,12 @@ class ReceiveBudget:
     """Frames handled per piece of data (per reactor turn); the rest waits for the next turn."""
     bytes_per_read: int = 64 * 1024
     """Bytes handled per piece of data (per reactor turn)."""
-    frames_per_second: int = 1000
-    """Frames per second of reactor time (G.711 in 20 ms packets is 50, PS a few more)."""
-    bytes_per_second: int = 1024 * 1024
-    """Bytes per second of reactor time (G.711 is about 9 kB/s; PS with video far less
-    than this)."""
+    frames_per_second: int = 2000
+    """Frames per second of reactor time (G.711 in 20 ms packets is 50; a camera's PS with
+    video in 1,400-byte packets at 8 Mbit/s about 700)."""
+    bytes_per_second: int = 4 * 1024 * 1024
+    """Bytes per second of reactor time (G.711 is about 9 kB/s; 32 Mbit/s leaves room for
+    a camera that sends its video PS on the connection)."""
     overloaded_seconds: int = 5
     """Seconds in a row a device may exhaust its per-second budget; then ``receive-flood``."""
     max_backlog: int = 256 * 1024
