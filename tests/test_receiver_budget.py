@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from gb28181talk.core import receiver as receiver_module
@@ -187,6 +189,27 @@ def test_a_slightly_fast_device_is_trimmed_but_not_ended() -> None:
     heard = len(world.sink.chunks)
     assert heard <= (99 + 2) * 50 + 1, "never more than the time passed plus the allowance"
     assert heard + world.receiver.excess_audio_packets == seq
+
+
+@given(st.lists(st.tuples(st.sampled_from([0.0, 0.02, 0.5, 3.0]), st.integers(0, 300)),
+                max_size=30))
+def test_heard_audio_never_runs_ahead_of_time(schedule: list[tuple[float, int]]) -> None:
+    """Whatever the device's pattern: heard <= time since connect + allowance, and every
+    packet is heard, counted as excess, or after the flood's end not looked at."""
+    world = Harness(ROOMY)
+    sent = 0
+    for delay, count in schedule:
+        world.clock.advance(delay)
+        world.send(packets(sent, count))
+        sent += count
+        elapsed = world.clock.seconds() - 100.0
+        assert len(world.sink.pcm) <= (elapsed + 2.0) * 16_000
+    heard = len(world.sink.chunks)
+    if world.ended.calls:
+        assert world.ended.reasons == [EndReason.RECEIVE_FLOOD]
+        assert world.receiver.excess_audio_s > 10.0, "only past 10 s of excess"
+    else:
+        assert heard + world.receiver.excess_audio_packets == sent
 
 
 @pytest.mark.parametrize("ps", [False, True], ids=["raw", "ps"])
