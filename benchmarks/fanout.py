@@ -23,12 +23,16 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--packet-ms", type=int, default=20)
     parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--connect-seconds", type=float, default=3.0)
+    parser.add_argument("--port-low", type=int, default=DEFAULT_PORT_RANGE[0])
     args = parser.parse_args()
     # The measurement's other settings, as service_load.py's defaults.
     settings = argparse.Namespace(
-        packet_ms=args.packet_ms, duration=args.duration, warmup=3.0, sample=40, concurrency=8,
-        connect_seconds=3.0, drain_ms=200, preroll_ms=0, jitter_bound=5.0, cpu_bound=100.0,
-        port_low=DEFAULT_PORT_RANGE[0], profile=False, quiet=True, gc_freeze=False,
+        packet_ms=args.packet_ms, duration=args.duration, warmup=args.warmup, sample=40,
+        concurrency=8, connect_seconds=args.connect_seconds, drain_ms=200, preroll_ms=0,
+        jitter_bound=5.0, cpu_bound=100.0, port_low=args.port_low, profile=False, quiet=True,
+        gc_freeze=False,
     )
     raise_fd_limit()
     pin_self_away_from_service()

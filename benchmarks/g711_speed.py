@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
 import struct
@@ -41,6 +42,7 @@ def median_seconds(function, argument: bytes) -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     pcm = speech_like_second()
     packet = pcm[: 2 * PACKET_SAMPLES]
     print(f"Python {sys.version.split()[0]}; median of {REPEATS} repeats")

@@ -67,6 +67,9 @@ def freeze_when_running() -> None:
 
 
 def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print(f"usage: gc_probe.py OUTPUT.jsonl [twistd arguments...]\n\n{__doc__}")
+        sys.exit(0 if len(sys.argv) >= 2 else 2)
     install(sys.argv[1])
     if os.environ.get("GBTALK_GC_FREEZE") == "1":
         freeze_when_running()

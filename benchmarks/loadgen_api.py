@@ -23,6 +23,7 @@ general event loop would cost this process more than the service it measures.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import heapq
@@ -817,6 +818,10 @@ def mode_churn(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="The job is one JSON object on standard input (see the module's docstring).",
+    ).parse_args()
     job = json.loads(sys.stdin.read())
     modes = {"stream": mode_stream, "setup": mode_setup, "churn": mode_churn}
     report = modes[job["mode"]](job)

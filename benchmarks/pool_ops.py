@@ -8,6 +8,7 @@ lease or a release; a cycle is one of each.
 
 from __future__ import annotations
 
+import argparse
 import random
 import statistics
 import sys
@@ -80,6 +81,7 @@ def reactor_cycle_seconds() -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     low, high = DEFAULT_PORT_RANGE
     print(
         f"port pool {low}-{high} ({high - low + 1} ports), {CYCLES} lease+release cycles, "

@@ -5,6 +5,7 @@ Run: .venv/bin/python benchmarks/ps_speed.py
 
 from __future__ import annotations
 
+import argparse
 import time
 
 from gb28181talk.media.law import Law
@@ -15,6 +16,7 @@ PAYLOAD = b"\xd5" * 160
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     muxer = PsMuxer(Law.ALAW)
     started = time.perf_counter()
     packs = [muxer.mux(PAYLOAD, n * 1800) for n in range(PACKS)]
