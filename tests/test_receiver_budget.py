@@ -377,3 +377,13 @@ def test_a_short_rtcp_report_is_rtcp_not_invalid() -> None:
     world.send(frame_rfc4571(empty_receiver_report) + TINY)
     assert world.receiver.rtcp_packets == 1
     assert world.receiver.invalid_packets == 1
+
+
+def test_one_budget_timer_at_most_whatever_comes_first() -> None:
+    world = Harness(ReceiveBudget(frames_per_read=10, frames_per_second=100), link=None)
+    world.send(TINY * 100)  # the second's budget spent: a timer for its end
+    world.clock.rightNow = 101.0  # over; before that timer runs, more than a turn's share comes
+    world.send(TINY * 50)
+    assert len(world.clock.getDelayedCalls()) == 1
+    world.receiver.stop()
+    assert world.clock.getDelayedCalls() == []

@@ -248,7 +248,7 @@ class Receiver:
             self._over_budget(now)
         elif rest is not None:  # over this turn's share: the rest waits for the next turn
             self._pause()
-            self._later = self._clock.callLater(0, self._next_turn)
+            self._schedule(0.0, self._next_turn)
         elif self._paused:
             self._resume()
         if rest is not None and self._decoder is not None:
@@ -295,10 +295,14 @@ class Receiver:
                 budget=self._budget_text(),
             )
         self._pause()
+        self._schedule(max(0.0, self._window_end - now), self._next_second)
+
+    def _schedule(self, delay: float, call: Callable[[], None]) -> None:
+        """The one pending budget timer: the next turn or the next second (replaces any)."""
         later = self._later
         if later is not None and later.active():
             later.cancel()
-        self._later = self._clock.callLater(max(0.0, self._window_end - now), self._next_second)
+        self._later = self._clock.callLater(delay, call)
 
     def _new_window(self, now: float) -> None:
         """A new second of budget from ``now``; a second that was not overspent ends a streak."""
