@@ -2,10 +2,13 @@
 
 A transport delivers one connected device to its talk session and nothing
 else: the passive acceptor (:mod:`gb28181talk.core.passive`: a leased port,
-the first device to dial in wins) today; an active connector (we dial the
-device) and a UDP sender (we send datagrams to the device) are further
-providers of :class:`ITalkTransport`, written without touching the lifecycle,
-the sender or the receiver.
+the first device to dial in wins), the active connector
+(:mod:`gb28181talk.core.active`: we dial the listening device), the UDP
+sender (:mod:`gb28181talk.core.udp`: datagrams to the device, or to whoever
+sent the first one) and an RTP server's own device connection
+(:mod:`gb28181talk.core.rtp_server`, ``startSendRtpTalk``), each written
+without touching the lifecycle, the sender or the receiver;
+:mod:`gb28181talk.core.transports` picks one from ``params.transport``.
 
 The session gives the transport an :class:`IDeviceHost` (itself) to report
 to; the transport hands back one :class:`IDeviceLink`, the device as the

@@ -1,4 +1,9 @@
-"""Turns the arguments of ``startSendRtpPassive`` and ``POST /api/sessions`` into a TalkRequest.
+"""Turns the arguments of ZLMediaKit's sending calls and ``POST /api/sessions`` into a TalkRequest.
+
+``startSendRtpPassive`` (TCP, or UDP with ``is_udp=1``), ``startSendRtp``
+(``dst_url``/``dst_port``: UDP datagrams, or our TCP connect) and
+``startSendRtpTalk`` (back on an RTP server's connection) name the transport
+in the request; the core builds it.
 
 Both APIs take the same names (ZLMediaKit's), with different defaults: the
 ZLMediaKit API keeps ZLMediaKit's (MPEG-PS, payload type 96, even for raw
