@@ -216,6 +216,8 @@ class ServerTransaction(Transaction):
 
     dropped: int = 0
     """Answers the TU gave after the final one (never sent: one transaction, one answer)."""
+    to_tag: str | None = None
+    """The To tag the TU gives this request's answers (an INVITE's 1xx, 2xx, 487 share it)."""
 
     @property
     def invite(self) -> bool:

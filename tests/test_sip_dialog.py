@@ -1,0 +1,382 @@
+"""Tests for SIP dialogs: 2xx until ACK, BYE both ways, CANCEL -> 200 + 487, 481, route sets."""
+
+from __future__ import annotations
+
+import itertools
+
+from twisted.internet.task import Clock
+
+from gb28181talk.sip.dialog import Dialog, DialogLayer
+from gb28181talk.sip.message import (
+    SipMessage,
+    SipRequest,
+    SipResponse,
+    request,
+    response_for,
+)
+from gb28181talk.sip.transaction import Timers, new_branch
+
+T1, T2 = 0.5, 4.0
+TIMERS = Timers(t1=T1, t2=T2, t4=5.0, d=32.0)
+PLATFORM = "sip:34020000002000000001@192.168.1.10:5060"
+DEVICE_CONTACT = "sip:34020000001320000001@192.168.1.64:5060"
+
+
+class FakeChannel:
+    """Records what it was given to send."""
+
+    def __init__(self, reliable: bool = False) -> None:
+        self.reliable = reliable
+        self.sent: list[SipMessage] = []
+
+    def send(self, message: SipMessage) -> None:
+        self.sent.append(message)
+
+    def statuses(self) -> list[int | str]:
+        return [m.status if isinstance(m, SipResponse) else m.method for m in self.sent]
+
+    def requests(self, method: str) -> list[SipRequest]:
+        return [m for m in self.sent if isinstance(m, SipRequest) and m.method == method]
+
+
+class App:
+    """The application above the dialogs: records, and answers INVITEs when told to."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+        self.invites: list[object] = []
+        self.layer: DialogLayer | None = None
+
+    def invite_received(self, transaction, invite):
+        self.events.append(("invite", invite.call_id))
+        self.invites.append(transaction)
+
+    def invite_cancelled(self, transaction, cancel):
+        self.events.append(("cancelled", cancel.call_id))
+
+    def dialog_confirmed(self, dialog):
+        self.events.append(("confirmed", dialog.call_id))
+
+    def dialog_ended(self, dialog, reason):
+        self.events.append(("ended", reason))
+
+    def request_received(self, transaction, req):
+        self.events.append(("request", req.method))
+
+    def response_received(self, transaction, resp):
+        self.events.append(("response", resp.status))
+
+    def request_failed(self, transaction, reason):
+        self.events.append(("failed", reason))
+
+
+def _via(channel) -> str:
+    return f"SIP/2.0/UDP 192.168.1.10:5060;rport;branch={new_branch()}"
+
+
+def _setup():
+    clock = Clock()
+    app = App()
+    layer = DialogLayer(clock, app, via=_via, timers=TIMERS)
+    return clock, app, layer, FakeChannel()
+
+
+_cseq = itertools.count(20)
+
+
+def _device_invite(call_id: str = "call-1", record_route: bool = True) -> SipRequest:
+    headers = [
+        ("Via", f"SIP/2.0/UDP 192.168.1.64:5060;rport;branch={new_branch()}"),
+        ("From", "<sip:34020000001320000001@3402000000>;tag=dev1"),
+        ("To", "<sip:34020000002000000001@3402000000>"),
+        ("Call-ID", call_id),
+        ("CSeq", f"{next(_cseq)} INVITE"),
+        ("Contact", f"<{DEVICE_CONTACT}>"),
+        ("Max-Forwards", "70"),
+    ]
+    if record_route:
+        headers.append(("Record-Route", "<sip:proxy.example;lr>"))
+    return request("INVITE", PLATFORM, headers, b"v=0\r\n")
+
+
+def _in_dialog(method: str, invite: SipRequest, ok: SipResponse, cseq: int) -> SipRequest:
+    return request(
+        method,
+        PLATFORM,
+        [
+            ("Via", f"SIP/2.0/UDP 192.168.1.64:5060;branch={new_branch()}"),
+            ("From", invite.header("From") or ""),
+            ("To", ok.header("To") or ""),
+            ("Call-ID", invite.call_id),
+            ("CSeq", f"{cseq} {method}"),
+        ],
+    )
+
+
+def _answered(layer, app, channel):
+    invite = _device_invite()
+    layer.transactions.receive(invite, channel)
+    dialog = layer.answer(app.invites[-1], contact=PLATFORM, body=b"v=0\r\n")
+    ok = [m for m in channel.sent if isinstance(m, SipResponse) and m.status == 200][-1]
+    return invite, dialog, ok
+
+
+def _run(clock: Clock, until: float) -> None:
+    while clock.getDelayedCalls() and clock.seconds() < until:
+        nxt = min(c.getTime() for c in clock.getDelayedCalls())
+        if nxt > until:
+            break
+        clock.advance(nxt - clock.seconds())
+    clock.advance(max(0.0, until - clock.seconds()))
+
+
+# ------------------------------------------------------------------------ as the UAS
+
+
+def test_an_answered_invite_makes_a_dialog_and_its_2xx_is_resent_until_the_ack():
+    clock, app, layer, channel = _setup()
+    invite, dialog, ok = _answered(layer, app, channel)
+    assert channel.statuses() == [100, 200]
+    assert ok.to.tag == dialog.local_tag and ok.header("Contact") == f"<{PLATFORM}>"
+    assert ok.header("Record-Route") == "<sip:proxy.example;lr>"
+    assert (dialog.remote_tag, dialog.remote_target, dialog.state) == (
+        "dev1",
+        DEVICE_CONTACT,
+        "early",
+    )
+    _run(clock, 3.6)  # T1, 2T1, 4T1: three retransmissions by 3.5 s
+    assert channel.statuses() == [100, 200, 200, 200, 200]
+    ack = _in_dialog("ACK", invite, ok, invite.cseq.number)
+    layer.transactions.receive(ack, channel)
+    assert dialog.state == "confirmed" and app.events[-1] == ("confirmed", "call-1")
+    _run(clock, 60)
+    assert channel.statuses() == [100, 200, 200, 200, 200]  # no more after the ACK
+    layer.transactions.receive(ack, channel)  # a repeated ACK changes nothing
+    assert app.events.count(("confirmed", "call-1")) == 1
+    assert not clock.getDelayedCalls()
+
+
+def test_an_ack_that_never_comes_ends_the_dialog_and_sends_bye():
+    clock, app, layer, channel = _setup()
+    _invite, dialog, _ok = _answered(layer, app, channel)
+    _run(clock, 64 * T1)
+    resent = channel.statuses().count(200) - 1
+    assert resent == 10  # 0.5, 1.5, 3.5, 7.5, then every T2 up to 31.5
+    assert app.events[-1] == ("ended", "no-ack") and dialog.state == "terminated"
+    (bye,) = channel.requests("BYE")
+    assert bye.uri == DEVICE_CONTACT
+    assert bye.header("Route") == "<sip:proxy.example;lr>"
+    assert bye.to.tag == "dev1" and bye.from_.tag == dialog.local_tag
+    assert bye.cseq.number == dialog.local_seq
+    layer.transactions.receive(response_for(bye, 200), channel)
+    _run(clock, 200)
+    assert not clock.getDelayedCalls() and not layer.dialogs
+
+
+def test_a_bye_from_the_device_ends_the_dialog_and_a_repeated_bye_gets_the_same_200():
+    _clock, app, layer, channel = _setup()
+    invite, _dialog, ok = _answered(layer, app, channel)
+    layer.transactions.receive(_in_dialog("ACK", invite, ok, invite.cseq.number), channel)
+    bye = _in_dialog("BYE", invite, ok, invite.cseq.number + 1)
+    layer.transactions.receive(bye, channel)
+    layer.transactions.receive(bye, channel)
+    assert channel.statuses()[-2:] == [200, 200]
+    assert app.events[-1] == ("ended", "bye") and not layer.dialogs
+    assert app.events.count(("ended", "bye")) == 1
+    again = _in_dialog("BYE", invite, ok, invite.cseq.number + 2)  # a new BYE: gone
+    layer.transactions.receive(again, channel)
+    assert channel.statuses()[-1] == 481
+
+
+def test_requests_for_unknown_dialogs_get_481_and_unknown_methods_501():
+    _clock, app, layer, channel = _setup()
+    invite, _dialog, ok = _answered(layer, app, channel)
+    stranger = ok.with_replaced("To", "<sip:34020000002000000001@3402000000>;tag=nope")
+    layer.transactions.receive(_in_dialog("INFO", invite, stranger, 99), channel)
+    assert channel.statuses()[-1] == 481
+    out_bye = _in_dialog("BYE", invite, ok, 99).with_replaced("To", "<sip:x@y>")
+    layer.transactions.receive(out_bye, channel)  # a BYE outside any dialog
+    assert channel.statuses()[-1] == 481
+    odd = request(
+        "FROBNICATE",
+        PLATFORM,
+        [(n, v) for n, v in invite.headers if n not in ("CSeq", "Via")]
+        + [("Via", f"SIP/2.0/UDP h;branch={new_branch()}"), ("CSeq", "1 FROBNICATE")],
+    )
+    layer.transactions.receive(odd, channel)
+    last = channel.sent[-1]
+    assert isinstance(last, SipResponse) and last.status == 501 and "INVITE" in (
+        last.header("Allow") or ""
+    )
+
+
+def test_an_in_dialog_request_with_an_old_cseq_is_500_and_a_new_one_reaches_the_app():
+    _clock, app, layer, channel = _setup()
+    invite, _dialog, ok = _answered(layer, app, channel)
+    layer.transactions.receive(_in_dialog("INFO", invite, ok, invite.cseq.number - 1), channel)
+    assert channel.statuses()[-1] == 500
+    layer.transactions.receive(_in_dialog("INFO", invite, ok, invite.cseq.number + 5), channel)
+    assert app.events[-1] == ("request", "INFO")
+
+
+def test_cancel_before_the_answer_gets_200_and_the_invite_487():
+    clock, app, layer, channel = _setup()
+    invite = _device_invite()
+    layer.transactions.receive(invite, channel)
+    cancel = request(
+        "CANCEL",
+        invite.uri,
+        [(n, v) for n, v in invite.headers if n in ("Via", "From", "To", "Call-ID")]
+        + [("CSeq", f"{invite.cseq.number} CANCEL")],
+    )
+    layer.transactions.receive(cancel, channel)
+    assert channel.statuses() == [100, 200, 487]
+    cancel_ok, terminated = channel.sent[1], channel.sent[2]
+    assert isinstance(cancel_ok, SipResponse) and cancel_ok.cseq.method == "CANCEL"
+    assert isinstance(terminated, SipResponse) and terminated.cseq.method == "INVITE"
+    assert cancel_ok.to.tag == terminated.to.tag is not None
+    assert app.events[-1] == ("cancelled", "call-1")
+    # the ACK to the 487 stays in the transaction; nothing is left afterwards
+    ack = _in_dialog("ACK", invite, terminated, invite.cseq.number)
+    ack = ack.with_replaced("Via", invite.values("Via")[0])
+    layer.transactions.receive(ack, channel)
+    _run(clock, 100)
+    assert not clock.getDelayedCalls() and not layer.transactions.servers
+
+
+def test_cancel_of_an_unknown_or_answered_invite():
+    _clock, app, layer, channel = _setup()
+    invite, _dialog, _ok = _answered(layer, app, channel)
+    cancel = request(
+        "CANCEL",
+        invite.uri,
+        [(n, v) for n, v in invite.headers if n in ("Via", "From", "To", "Call-ID")]
+        + [("CSeq", f"{invite.cseq.number} CANCEL")],
+    )
+    layer.transactions.receive(cancel, channel)
+    assert channel.statuses()[-1] == 200 and 487 not in channel.statuses()
+    stray = cancel.with_replaced("Via", f"SIP/2.0/UDP 192.168.1.64;branch={new_branch()}")
+    layer.transactions.receive(stray, channel)
+    assert channel.statuses()[-1] == 481
+
+
+def test_requests_outside_dialogs_reach_the_app():
+    _clock, app, layer, channel = _setup()
+    register = request(
+        "REGISTER",
+        "sip:34020000002000000001@3402000000",
+        [
+            ("Via", f"SIP/2.0/UDP 192.168.1.64;branch={new_branch()}"),
+            ("From", "<sip:34020000001320000001@3402000000>;tag=r"),
+            ("To", "<sip:34020000001320000001@3402000000>"),
+            ("Call-ID", "reg-1"),
+            ("CSeq", "1 REGISTER"),
+        ],
+    )
+    layer.transactions.receive(register, channel)
+    assert app.events == [("request", "REGISTER")]
+
+
+# ------------------------------------------------------------------------ as the UAC
+
+
+def _platform_invite() -> SipRequest:
+    return request(
+        "INVITE",
+        DEVICE_CONTACT,
+        [
+            ("Via", _via(None)),
+            ("From", f"<{PLATFORM}>;tag=plat"),
+            ("To", "<sip:34020000001320000001@3402000000>"),
+            ("Call-ID", "talk-1"),
+            ("CSeq", "7 INVITE"),
+            ("Contact", f"<{PLATFORM}>"),
+            ("Max-Forwards", "70"),
+            ("Subject", "34020000001320000001:0,34020000002000000001:0"),
+        ],
+        b"v=0\r\n",
+    )
+
+
+def test_our_invite_answered_makes_a_dialog_acks_each_2xx_and_bye_ends_it():
+    clock, app, layer, channel = _setup()
+    invite = _platform_invite()
+    layer.send(invite, channel)
+    ok = response_for(
+        invite,
+        200,
+        to_tag="devtag",
+        headers=[
+            ("Record-Route", "<sip:p1.example;lr>, <sip:p2.example;lr>"),
+            ("Contact", "<sip:34020000001320000001@203.0.113.5:40000>"),
+        ],
+    )
+    layer.transactions.receive(ok, channel)
+    layer.transactions.receive(ok, channel)  # retransmitted 2xx: ACKed again, app told once
+    acks = channel.requests("ACK")
+    assert len(acks) == 2
+    assert acks[0].uri == "sip:34020000001320000001@203.0.113.5:40000"
+    assert acks[0].values("Route") == ["<sip:p2.example;lr>", "<sip:p1.example;lr>"]
+    assert acks[0].cseq.number == 7 and acks[0].to.tag == "devtag"
+    assert app.events == [("response", 200), ("confirmed", "talk-1")]
+    (dialog,) = layer.dialogs.values()
+    _run(clock, 64 * T1)
+    layer.transactions.receive(ok, channel)  # after Timer M: still ACKed (§13.2.2.4)
+    assert len(channel.requests("ACK")) == 3
+    bye_tx = layer.bye(dialog)
+    assert bye_tx is not None and layer.bye(dialog) is None
+    (bye,) = channel.requests("BYE")
+    assert bye.cseq.number == 8 and bye.to.tag == "devtag" and bye.from_.tag == "plat"
+    assert app.events[-1] == ("ended", "local-bye")
+    layer.transactions.receive(response_for(bye, 200), channel)
+    _run(clock, 200)
+    assert not clock.getDelayedCalls() and not layer.dialogs
+
+
+def test_a_device_bye_ends_our_call_too():
+    _clock, app, layer, channel = _setup()
+    invite = _platform_invite()
+    layer.send(invite, channel)
+    ok = response_for(invite, 200, to_tag="devtag", headers=[("Contact", f"<{DEVICE_CONTACT}>")])
+    layer.transactions.receive(ok, channel)
+    bye = request(
+        "BYE",
+        PLATFORM,
+        [
+            ("Via", f"SIP/2.0/UDP 192.168.1.64;branch={new_branch()}"),
+            ("From", ok.header("To") or ""),
+            ("To", invite.header("From") or ""),
+            ("Call-ID", "talk-1"),
+            ("CSeq", "1 BYE"),
+        ],
+    )
+    layer.transactions.receive(bye, channel)
+    assert channel.statuses()[-1] == 200 and app.events[-1] == ("ended", "bye")
+
+
+def test_a_failed_invite_reaches_the_app():
+    clock, app, layer, channel = _setup()
+    layer.send(_platform_invite(), channel)
+    _run(clock, 64 * T1)
+    assert app.events == [("failed", "timeout")]
+
+
+def test_a_strict_router_first_gets_the_request_uri():
+    channel = FakeChannel()
+    dialog = Dialog(
+        call_id="c",
+        local_tag="l",
+        remote_tag="r",
+        local_uri=PLATFORM,
+        remote_uri=DEVICE_CONTACT,
+        remote_target=DEVICE_CONTACT,
+        route_set=["<sip:strict.example>", "<sip:loose.example;lr>"],
+        local_seq=1,
+        remote_seq=None,
+        channel=channel,
+        role="uac",
+    )
+    bye = dialog.new_request("BYE", _via(channel))
+    assert bye.uri == "sip:strict.example"
+    assert bye.values("Route") == ["<sip:loose.example;lr>", f"<{DEVICE_CONTACT}>"]
+    assert bye.cseq.number == 2
