@@ -206,8 +206,9 @@ def _zlm_packaging(args: Mapping[str, Any]) -> Packaging:
 
 def _refuse_udp(args: Mapping[str, Any]) -> None:
     if boolean(args, "is_udp", False):
-        raise invalid("is_udp=1 (UDP passive) is not supported yet: this server sends over TCP "
-                      "passive only; call again with is_udp=0")
+        raise invalid("is_udp=1 (UDP) is not taken by the native API: it opens TCP passive "
+                      "sessions; send UDP with /index/api/startSendRtp (is_udp=1, dst_url, "
+                      "dst_port) or /index/api/startSendRtpPassive (is_udp=1)")
 
 
 def _close_delay(args: Mapping[str, Any], wait_timeout: float) -> float:
