@@ -23,6 +23,7 @@ port counts too.  Without ``udp_rtcp_timeout`` no RTCP is sent or awaited.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.internet.error import MessageLengthError
@@ -127,6 +128,7 @@ class UdpTalkTransport:
         self._protocol = _TalkDatagrams(self)
         self._lease: Lease | None = None
         self._socket: Any = None
+        self._sendmsg: Any = None
         self._peer: tuple[str, int] | None = None
         self._last_header = b""
         self._rtcp_port: IListeningPort | None = None
@@ -144,6 +146,8 @@ class UdpTalkTransport:
                                            port=self.wanted_port)
         self.port = self._lease.port
         self._socket = self._lease.listening_port
+        raw = getattr(self._socket, "socket", None)
+        self._sendmsg = raw.sendmsg if isinstance(raw, socket.socket) else None
         if self.destination is not None:
             self._deliver(self.destination)
         return self.port
@@ -161,7 +165,11 @@ class UdpTalkTransport:
         if sock is None or peer is None:
             return False
         try:
-            sock.write(header + payload, peer)
+            sendmsg = self._sendmsg
+            if sendmsg is not None:  # one system call, header and payload not joined
+                sendmsg((header, payload), (), 0, peer)
+            else:
+                sock.write(header + payload, peer)
         except (OSError, MessageLengthError):
             self.send_errors += 1
             return False
@@ -212,7 +220,7 @@ class UdpTalkTransport:
         self._release()
 
     def _release(self) -> None:
-        self._socket = None
+        self._socket = self._sendmsg = None
         lease, self._lease = self._lease, None
         if lease is not None:
             self.pool.release(lease)
