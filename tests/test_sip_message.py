@@ -26,6 +26,7 @@ from gb28181talk.sip.message import (
     Via,
     build,
     canonical_name,
+    error_response,
     parse_datagram,
     parse_message,
     request,
@@ -417,3 +418,23 @@ def test_damaged_messages_raise_only_sip_errors(message, data):
             assert parse_message(build(parsed)) == parsed
     with contextlib.suppress(SipError):
         StreamParser().feed(bytes(raw))
+
+
+def test_the_top_via_is_replaced_in_a_comma_separated_line():
+    raw = REGISTER.replace(
+        b"rport;branch=z9hG4bK1234", b"rport;branch=z9hG4bK1234, SIP/2.0/UDP next;branch=z9hG4bK2"
+    )
+    message = parse_message(raw)
+    stamped = message.with_top_via(message.top_via.stamped("203.0.113.9", 40112))
+    assert [v.host for v in stamped.vias] == ["192.168.1.64", "next"]
+    assert stamped.top_via.rport == 40112 and stamped.top_via.received == "203.0.113.9"
+
+
+def test_a_refused_request_is_answered_with_the_status_and_a_warning_when_it_can_be():
+    error = _refused(REGISTER.replace(b"SIP/2.0\r\n", b"SIP/3.0\r\n", 1))
+    answer = error_response(error)
+    assert answer is not None and (answer.status, answer.reason) == (505, "Version Not Supported")
+    assert answer.call_id == "1720283744" and answer.cseq == CSeq(1, "REGISTER")
+    assert (answer.header("Warning") or "").startswith('399 gb28181talk "version')
+    assert parse_message(build(answer)) == answer
+    assert error_response(_refused(b"garbage\r\n\r\n")) is None

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Self
 
-from gb28181talk.errors import SipParseError, SipTooLarge, SipVersionError
+from gb28181talk.errors import SipError, SipParseError, SipTooLarge, SipVersionError
 
 MAX_MESSAGE = 64 * 1024
 """Bytes in one message, start line, headers and body together."""
@@ -287,6 +287,18 @@ class _Message:
         """A copy without any line of header ``name``."""
         return self.with_replaced(name, None)
 
+    def with_top_via(self, via: Via) -> Self:
+        """A copy whose topmost Via is ``via`` (the rest of a comma-separated line kept)."""
+        out: list[tuple[str, str]] = []
+        done = False
+        for name, value in self.headers:
+            if name == "Via" and not done:
+                rest = split_list(value)[1:]
+                value = ", ".join([str(via), *rest])
+                done = True
+            out.append((name, value))
+        return replace(self, headers=tuple(out))
+
     # The headers every transaction and dialog reads.
     @property
     def call_id(self) -> str:
@@ -423,6 +435,21 @@ def response_for(
     if status == 100:
         copied.extend((n, v) for n, v in req.headers if n == "Timestamp")
     return response(status, reason, (*copied, *headers), body)
+
+
+def error_response(error: SipError) -> SipResponse | None:
+    """The answer to a request refused by a parser (400, 413, 505...), or None: drop it."""
+    req = error.message
+    if not isinstance(req, SipRequest) or req.method == "ACK":
+        return None
+    return response_for(req, error.status, error.reason, headers=[("Warning", _warning(error))])
+
+
+def _warning(error: SipError) -> str:
+    """A Warning value (RFC 3261 §20.43, code 399) with the parser's words."""
+    text = error.detail.replace("\\", "\\\\").replace('"', "'")
+    text = "".join(c if c.isprintable() else "?" for c in text)[:200]
+    return f'399 gb28181talk "{text}"'
 
 
 # --------------------------------------------------------------------------- building
