@@ -524,3 +524,13 @@ TransactionsUnderAnyOrder.TestCase.settings = settings(
     max_examples=150, stateful_step_count=40, deadline=None
 )
 test_transactions_under_any_order = TransactionsUnderAnyOrder.TestCase
+
+
+def test_shutdown_ends_every_transaction_and_cancels_its_timers():
+    clock, user, layer, channel = _layer()
+    layer.receive(_request("INVITE"), channel)
+    layer.send_request(_request("MESSAGE"), channel, user)
+    assert clock.getDelayedCalls()
+    layer.shutdown()
+    assert not layer.servers and not layer.clients and not clock.getDelayedCalls()
+    assert all(tx.terminated for tx in user.servers)

@@ -886,6 +886,17 @@ class TransactionLayer:
         if table.get(transaction.key) is transaction:
             del table[transaction.key]
 
+    def shutdown(self) -> None:
+        """Stop: every transaction ends where it is, its timers cancelled, nothing sent."""
+        held = [*self.servers.values(), *self.clients.values()]
+        self.servers.clear()
+        self.clients.clear()
+        for tx in held:
+            for call in tx.pending_timers():
+                call.cancel()
+            tx.state = "Terminated"
+            tx.terminated = True
+
     def pending_timers(self) -> list[IDelayedCall]:
         """Every timer the live transactions hold."""
         held = [*self.servers.values(), *self.clients.values()]

@@ -1,0 +1,256 @@
+"""SIP over UDP, TCP and TLS: thin Twisted adapters that feed the parsers and answer the source.
+
+Each adapter turns bytes into messages (:func:`parse_datagram` per UDP
+datagram, a :class:`StreamParser` per connection), stamps the top Via of a
+request with ``received`` and ``rport`` (RFC 3261 §18.2.1, RFC 3581), and
+hands the message with its :class:`~gb28181talk.sip.transaction.Channel` to
+a receiver (a ``TransactionLayer``).  The channel of a datagram is the
+address it came from, the channel of a stream is its connection: answers and
+later requests go where the device's requests came from, through its NAT.
+
+A message the parsers refuse gets its 400/413/505 answer when it can be
+answered, and is dropped otherwise, with one log line either way; a refused
+stream is closed (it cannot be framed again).  Where to listen is a string:
+``udp:5060[:interface=ADDR]`` (Twisted has no UDP server endpoint string),
+or any Twisted server endpoint for streams (``tcp:5060``, ``ssl:5061:...``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.error import MessageLengthError
+from twisted.internet.interfaces import IListeningPort, ISSLTransport
+from twisted.internet.protocol import DatagramProtocol, Factory
+from twisted.internet.protocol import Protocol as StreamProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gb28181talk.errors import SipError
+from gb28181talk.sip.message import (
+    SipMessage,
+    SipRequest,
+    StreamParser,
+    build,
+    error_response,
+    parse_datagram,
+)
+from gb28181talk.sip.transaction import new_branch
+
+_log = Logger()
+
+
+class MessageReceiver(Protocol):
+    """Who takes the parsed messages: a ``TransactionLayer`` (its ``receive``)."""
+
+    def receive(self, message: SipMessage, channel: Any) -> None:
+        """A message came in on ``channel``."""
+
+
+def stamped(message: SipMessage, host: str, port: int) -> SipMessage:
+    """A request with its top Via stamped with where it really came from (RFC 3581)."""
+    if not isinstance(message, SipRequest):
+        return message
+    via = message.top_via
+    stamp = via.stamped(host, port)
+    return message if stamp == via else message.with_top_via(stamp)
+
+
+def via_for(channel: Any, host: str, port: int) -> str:
+    """The Via of a request we send on ``channel`` from ``host:port``: new branch, rport asked."""
+    return f"SIP/2.0/{channel.transport_name} {host}:{port};rport;branch={new_branch()}"
+
+
+def _refused(error: SipError, peer: tuple[str, int], how: str) -> bytes | None:
+    answer = error_response(error)
+    _log.info(
+        "SIP from {host}:{port} refused ({status} {reason}): {detail}; {what}",
+        host=peer[0],
+        port=peer[1],
+        status=error.status,
+        reason=error.reason,
+        detail=error.detail,
+        what=f"answered, {how}" if answer is not None else f"dropped, {how}",
+    )
+    return build(answer) if answer is not None else None
+
+
+# --------------------------------------------------------------------------- UDP
+
+
+class DatagramChannel:
+    """One UDP peer of a SIP socket: what is sent goes to that address."""
+
+    reliable = False
+    transport_name = "UDP"
+
+    def __init__(self, endpoint: SipDatagramProtocol, peer: tuple[str, int]) -> None:
+        self.endpoint = endpoint
+        self.peer = peer
+
+    def send(self, message: SipMessage) -> None:
+        """Send one datagram to the peer; OSError when it cannot go."""
+        self.endpoint.write(build(message), self.peer)
+
+    def __repr__(self) -> str:
+        return f"<DatagramChannel udp {self.peer[0]}:{self.peer[1]}>"
+
+
+class SipDatagramProtocol(DatagramProtocol):
+    """A SIP UDP socket: each datagram is one message (or a keepalive of blank lines)."""
+
+    def __init__(self, receiver: MessageReceiver) -> None:
+        self.receiver = receiver
+        self.refused = 0
+        """Datagrams the parser refused (answered or dropped)."""
+
+    def channel_to(self, peer: tuple[str, int]) -> DatagramChannel:
+        """The channel to ``peer`` (for requests to a device that registered over UDP)."""
+        return DatagramChannel(self, peer)
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        """Parse, stamp, hand on; answer or drop what cannot be read."""
+        peer = (str(addr[0]), int(addr[1]))
+        try:
+            message = parse_datagram(datagram)
+        except SipError as error:
+            self.refused += 1
+            answer = _refused(error, peer, "datagram")
+            if answer is not None:
+                self._write_quietly(answer, peer)
+            return
+        if message is None:
+            return
+        self.receiver.receive(stamped(message, *peer), self.channel_to(peer))
+
+    def write(self, data: bytes, peer: tuple[str, int]) -> None:
+        """Send a datagram; every failure as OSError (the transactions' transport error)."""
+        if self.transport is None:
+            raise OSError("the SIP UDP socket is closed")
+        try:
+            self.transport.write(data, peer)
+        except MessageLengthError as e:
+            raise OSError(f"datagram of {len(data)} bytes too long for UDP") from e
+
+    def _write_quietly(self, data: bytes, peer: tuple[str, int]) -> None:
+        try:
+            self.write(data, peer)
+        except OSError as e:
+            _log.info("SIP answer to {peer} not sent: {error}", peer=peer, error=e)
+
+
+# --------------------------------------------------------------------------- TCP and TLS
+
+
+class SipStreamProtocol(StreamProtocol):
+    """One SIP connection (TCP or TLS): Content-Length framing; the connection is the channel."""
+
+    reliable = True
+
+    def __init__(self, receiver: MessageReceiver) -> None:
+        self.receiver = receiver
+        self.parser = StreamParser()
+        self.peer: tuple[str, int] = ("", 0)
+        self.open = False
+        self.on_close: list[Callable[[SipStreamProtocol], None]] = []
+        """Called once when the connection is gone (a registry forgets the device's channel)."""
+
+    @property
+    def transport_name(self) -> str:
+        """``TLS`` over TLS, else ``TCP``."""
+        return "TLS" if ISSLTransport.providedBy(self.transport) else "TCP"
+
+    def connectionMade(self) -> None:
+        """Note the peer; the connection is open for sending."""
+        address = self.transport.getPeer()
+        self.peer = (str(getattr(address, "host", "")), int(getattr(address, "port", 0)))
+        self.open = True
+        if hasattr(self.transport, "setTcpNoDelay"):
+            self.transport.setTcpNoDelay(True)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Feed the parser; each complete message goes on; a refused stream is closed."""
+        try:
+            messages = self.parser.feed(data)
+        except SipError as error:
+            answer = _refused(error, self.peer, "connection closed")
+            if answer is not None and self.open:
+                self.transport.write(answer)
+            self.open = False
+            self.transport.loseConnection()
+            return
+        for message in messages:
+            if not self.open:
+                return
+            self.receiver.receive(stamped(message, *self.peer), self)
+
+    def send(self, message: SipMessage) -> None:
+        """Write a message on the connection; OSError once it is closed."""
+        if not self.open:
+            raise OSError(f"the SIP connection to {self.peer[0]}:{self.peer[1]} is closed")
+        self.transport.write(build(message))
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        """Closed: sending fails from now on; tell who asked."""
+        self.open = False
+        callbacks, self.on_close = self.on_close, []
+        for callback in callbacks:
+            callback(self)
+
+    def __repr__(self) -> str:
+        return f"<SipStreamProtocol {self.peer[0]}:{self.peer[1]}>"
+
+
+class SipStreamFactory(Factory):
+    """Builds a :class:`SipStreamProtocol` per connection, all feeding one receiver."""
+
+    def __init__(self, receiver: MessageReceiver) -> None:
+        self.receiver = receiver
+
+    def buildProtocol(self, addr: Any) -> SipStreamProtocol:
+        """A new connection's protocol."""
+        return SipStreamProtocol(self.receiver)
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+def parse_udp(description: str) -> tuple[int, str]:
+    """``udp:5060[:interface=ADDR]`` -> (port, interface); ValueError says what is wrong."""
+    parts = description.split(":")
+    if len(parts) < 2 or parts[0].lower() != "udp":
+        raise ValueError(f"{description!r} is not udp:PORT[:interface=ADDR]")
+    port_text, options = parts[1], parts[2:]
+    if port_text.startswith("port="):
+        port_text = port_text[5:]
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{description!r}: port {port_text!r} is not 0-65535")
+    interface = ""
+    for option in options:
+        name, eq, value = option.partition("=")
+        if name != "interface" or not eq:
+            raise ValueError(f"{description!r}: option {option!r} is not interface=ADDR")
+        interface = value
+    return int(port_text), interface
+
+
+def listen_sip(
+    reactor: Any, description: str, receiver: MessageReceiver
+) -> Deferred[IListeningPort]:
+    """Listen for SIP as ``description`` says: ``udp:...``, or a Twisted server endpoint."""
+    if description.lower().startswith("udp:"):
+        port, interface = parse_udp(description)
+        return maybeDeferred(
+            reactor.listenUDP, port, SipDatagramProtocol(receiver), interface=interface
+        )
+    return serverFromString(reactor, description).listen(SipStreamFactory(receiver))
+
+
+def connect_sip(
+    reactor: Any, description: str, receiver: MessageReceiver
+) -> Deferred[SipStreamProtocol]:
+    """Connect out (``tcp:HOST:PORT``, ``tls:...``): the connection is a channel to the peer."""
+    return clientFromString(reactor, description).connect(SipStreamFactory(receiver))

@@ -1,0 +1,213 @@
+"""Tests for the SIP UDP/TCP adapters: answers go where requests came from; refusals answered."""
+
+from __future__ import annotations
+
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.internet.testing import FakeDatagramTransport, StringTransport
+from twisted.trial.unittest import TestCase
+
+from gb28181talk.sip.message import (
+    SipMessage,
+    SipRequest,
+    SipResponse,
+    StreamParser,
+    build,
+    parse_datagram,
+    request,
+    response_for,
+)
+from gb28181talk.sip.transaction import Timers, TransactionLayer, new_branch
+from gb28181talk.sip.transport import (
+    SipDatagramProtocol,
+    SipStreamFactory,
+    connect_sip,
+    listen_sip,
+    parse_udp,
+    via_for,
+)
+from tests.httpapi import until
+
+
+def _register(transport: str = "UDP", host: str = "192.168.1.64") -> SipRequest:
+    return request(
+        "REGISTER",
+        "sip:34020000002000000001@3402000000",
+        [
+            ("Via", f"SIP/2.0/{transport} {host}:5060;rport;branch={new_branch()}"),
+            ("From", "<sip:34020000001320000001@3402000000>;tag=r1"),
+            ("To", "<sip:34020000001320000001@3402000000>"),
+            ("Call-ID", f"reg-{new_branch()}"),
+            ("CSeq", "1 REGISTER"),
+            ("Max-Forwards", "70"),
+            ("Expires", "3600"),
+        ],
+    )
+
+
+class Registrar:
+    """A server TU that answers every request 200 and records what it saw."""
+
+    def __init__(self) -> None:
+        self.requests: list[SipRequest] = []
+        self.channels: list[object] = []
+
+    def request_received(self, transaction, req):
+        self.requests.append(req)
+        self.channels.append(transaction.channel)
+        transaction.respond(response_for(req, 200, to_tag="plat"))
+
+    def ack_received(self, ack, channel):
+        pass
+
+    def response_unmatched(self, resp, channel):
+        pass
+
+    def transaction_failed(self, transaction, reason):
+        pass
+
+
+def _udp():
+    registrar = Registrar()
+    layer = TransactionLayer(Clock(), registrar, Timers())
+    protocol = SipDatagramProtocol(layer)
+    transport = FakeDatagramTransport()
+    protocol.makeConnection(transport)
+    return registrar, protocol, transport
+
+
+def test_a_udp_request_is_stamped_and_answered_to_the_address_it_came_from():
+    registrar, protocol, transport = _udp()
+    nat = ("203.0.113.9", 40112)
+    protocol.datagramReceived(build(_register()), nat)
+    (seen,) = registrar.requests
+    assert seen.top_via.received == "203.0.113.9" and seen.top_via.rport == 40112
+    ((data, addr),) = transport.written
+    assert addr == nat
+    answer = parse_datagram(data)
+    assert isinstance(answer, SipResponse) and answer.status == 200
+    assert answer.top_via.rport == 40112  # the stamped Via goes back (RFC 3581 §4)
+    protocol.datagramReceived(build(_register()).replace(b"1 REGISTER", b"2 REGISTER"), nat)
+    assert len(registrar.requests) == 2
+
+
+def test_udp_garbage_is_dropped_and_an_answerable_refusal_is_answered():
+    registrar, protocol, transport = _udp()
+    protocol.datagramReceived(b"\x00\xffgarbage\r\n\r\n", ("192.0.2.1", 5060))
+    protocol.datagramReceived(b"\r\n\r\n", ("192.0.2.1", 5060))  # a keepalive
+    assert transport.written == [] and registrar.requests == []
+    bad = build(_register()).replace(b"SIP/2.0\r\n", b"SIP/9.9\r\n", 1)
+    protocol.datagramReceived(bad, ("192.0.2.1", 5070))
+    ((data, addr),) = transport.written
+    answer = parse_datagram(data)
+    assert addr == ("192.0.2.1", 5070)
+    assert isinstance(answer, SipResponse) and answer.status == 505
+    assert protocol.refused == 2 and registrar.requests == []
+
+
+def _tcp():
+    registrar = Registrar()
+    layer = TransactionLayer(Clock(), registrar, Timers())
+    protocol = SipStreamFactory(layer).buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "198.51.100.4", 51000))
+    protocol.makeConnection(transport)
+    return registrar, protocol, transport
+
+
+def test_a_tcp_stream_in_pieces_gives_each_request_once_answered_on_the_connection():
+    registrar, protocol, transport = _tcp()
+    data = build(_register("TCP")) + b"\r\n\r\n" + build(_register("TCP"))
+    for start in range(0, len(data), 7):
+        protocol.dataReceived(data[start : start + 7])
+    assert len(registrar.requests) == 2
+    assert registrar.channels[0] is protocol and protocol.reliable
+    assert registrar.requests[0].top_via.received == "198.51.100.4"
+    answers = StreamParser().feed(transport.value())
+    assert [a.status for a in answers if isinstance(a, SipResponse)] == [200, 200]
+    assert via_for(protocol, "192.168.1.10", 5060).startswith("SIP/2.0/TCP 192.168.1.10:5060;")
+
+
+def test_a_refused_tcp_stream_is_answered_and_closed():
+    registrar, protocol, transport = _tcp()
+    huge = build(_register("TCP")).replace(b"Content-Length: 0", b"Content-Length: 999999")
+    protocol.dataReceived(huge)
+    answers = StreamParser().feed(transport.value())
+    assert [a.status for a in answers if isinstance(a, SipResponse)] == [413]
+    assert transport.disconnecting and registrar.requests == []
+    closed: list[object] = []
+    protocol.on_close.append(closed.append)
+    protocol.connectionLost(None)
+    assert closed == [protocol]
+    try:
+        protocol.send(response_for(_register(), 200))
+    except OSError:
+        pass
+    else:
+        raise AssertionError("a closed connection took a message")
+
+
+def test_udp_endpoint_strings():
+    assert parse_udp("udp:5060") == (5060, "")
+    assert parse_udp("udp:port=5062:interface=127.0.0.1") == (5062, "127.0.0.1")
+    for bad in ("udp:", "udp:70000", "udp:5060:backlog=5", "tcp:5060"):
+        try:
+            parse_udp(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad} accepted")
+
+
+class Collect:
+    """A receiver that keeps every message with its channel."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[SipMessage, object]] = []
+
+    def receive(self, message: SipMessage, channel: object) -> None:
+        self.got.append((message, channel))
+
+
+class LoopbackSipTests(TestCase):
+    """The adapters on real loopback sockets, a device on each side."""
+
+    timeout = 20
+
+    @inlineCallbacks
+    def test_udp_register_and_answer_over_loopback(self):
+        registrar = Registrar()
+        layer = TransactionLayer(reactor, registrar, Timers())
+        self.addCleanup(layer.shutdown)
+        server = yield listen_sip(reactor, "udp:0:interface=127.0.0.1", layer)
+        self.addCleanup(server.stopListening)
+        device = Collect()
+        device_port = yield listen_sip(reactor, "udp:0:interface=127.0.0.1", device)
+        self.addCleanup(device_port.stopListening)
+        channel = device_port.protocol.channel_to(("127.0.0.1", server.getHost().port))
+        channel.send(_register(host="10.0.0.7"))  # a Via that lies about where it is
+        yield Deferred.fromCoroutine(until(lambda: device.got))
+        answer, _ = device.got[0]
+        assert isinstance(answer, SipResponse) and answer.status == 200
+        assert answer.top_via.received == "127.0.0.1"
+        assert answer.top_via.rport == device_port.getHost().port
+
+    @inlineCallbacks
+    def test_tcp_register_and_answer_over_loopback(self):
+        registrar = Registrar()
+        layer = TransactionLayer(reactor, registrar, Timers())
+        self.addCleanup(layer.shutdown)
+        server = yield listen_sip(reactor, "tcp:0:interface=127.0.0.1", layer)
+        self.addCleanup(server.stopListening)
+        device = Collect()
+        connection = yield connect_sip(
+            reactor, f"tcp:127.0.0.1:{server.getHost().port}", device
+        )
+        self.addCleanup(connection.transport.loseConnection)
+        connection.send(_register("TCP"))
+        yield Deferred.fromCoroutine(until(lambda: device.got))
+        answer, channel = device.got[0]
+        assert isinstance(answer, SipResponse) and answer.status == 200
+        assert channel is connection
+        # the registrar's channel is its side of this connection: it may send requests back
+        assert registrar.channels[0].transport_name == "TCP"
