@@ -380,3 +380,168 @@ def test_a_strict_router_first_gets_the_request_uri():
     assert bye.uri == "sip:strict.example"
     assert bye.values("Route") == ["<sip:loose.example;lr>", f"<{DEVICE_CONTACT}>"]
     assert bye.cseq.number == 2
+
+
+# ------------------------------------------------------------------------ stateful property
+
+from hypothesis import settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule  # noqa: E402
+
+
+class DialogsUnderAnyOrder(RuleBasedStateMachine):
+    """Calls from a device in any order of answers, ACKs, BYEs, CANCELs, repeats and timers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = Clock()
+        self.app = App()
+        self.layer = DialogLayer(self.clock, self.app, via=_via, timers=TIMERS)
+        self.channel = FakeChannel()
+        self.sent: list[SipRequest] = []  # what the device sent, for repeats
+        self.first_sent: dict[int, float] = {}
+        self.calls = 0
+
+    def _send(self, req: SipRequest) -> None:
+        self.sent.append(req)
+        self.first_sent[id(req)] = self.clock.seconds()
+        self.layer.transactions.receive(req, self.channel)
+
+    def _repeatable(self) -> list[SipRequest]:
+        """What a conforming UDP device may still retransmit: within 64*T1 of the first send."""
+        now = self.clock.seconds()
+        return [r for r in self.sent if now - self.first_sent[id(r)] < 64 * T1]
+
+    def _invites(self) -> list[SipRequest]:
+        return [r for r in self.sent if r.method == "INVITE"]
+
+    def _answer_to(self, invite: SipRequest) -> SipResponse | None:
+        finals = [
+            m
+            for m in self.channel.sent
+            if isinstance(m, SipResponse)
+            and m.call_id == invite.call_id
+            and m.cseq.method == "INVITE"
+            and not m.provisional
+        ]
+        return finals[0] if finals else None
+
+    @rule()
+    def a_device_calls(self):
+        self.calls += 1
+        self._send(_device_invite(call_id=f"call-{self.calls}"))
+
+    @precondition(lambda self: self.app.invites)
+    @rule(data=st.data(), accept=st.booleans())
+    def the_app_answers(self, data, accept):
+        tx = data.draw(st.sampled_from(self.app.invites))
+        if tx.state != "Proceeding":
+            return
+        if accept:
+            self.layer.answer(tx, contact=PLATFORM)
+        else:
+            tx.respond(response_for(tx.request, 486, to_tag="busy"))
+
+    @precondition(lambda self: self._repeatable())
+    @rule(data=st.data())
+    def the_device_repeats_itself(self, data):
+        req = data.draw(st.sampled_from(self._repeatable()))
+        self.layer.transactions.receive(req, self.channel)
+
+    @precondition(lambda self: self._invites())
+    @rule(data=st.data())
+    def a_late_duplicate_invite_arrives(self, data):
+        invite = data.draw(st.sampled_from(self._invites()))
+        final = self._answer_to(invite)
+        if final is not None and final.success:  # an answered call: the same 2xx comes back
+            self.layer.transactions.receive(invite, self.channel)
+
+    @precondition(lambda self: self._invites())
+    @rule(data=st.data())
+    def the_device_acks(self, data):
+        invite = data.draw(st.sampled_from(self._invites()))
+        final = self._answer_to(invite)
+        if final is None:
+            return
+        ack = _in_dialog("ACK", invite, final, invite.cseq.number)
+        if not final.success:  # the ACK to a failure is in the INVITE's transaction
+            ack = ack.with_replaced("Via", invite.values("Via")[0])
+        self._send(ack)
+
+    @precondition(lambda self: self._invites())
+    @rule(data=st.data())
+    def the_device_hangs_up(self, data):
+        invite = data.draw(st.sampled_from(self._invites()))
+        final = self._answer_to(invite)
+        if final is None:
+            return
+        self._send(_in_dialog("BYE", invite, final, invite.cseq.number + 1))
+
+    @precondition(lambda self: self._invites())
+    @rule(data=st.data())
+    def the_device_cancels(self, data):
+        invite = data.draw(st.sampled_from(self._invites()))
+        self._send(
+            request(
+                "CANCEL",
+                invite.uri,
+                [(n, v) for n, v in invite.headers if n in ("Via", "From", "To", "Call-ID")]
+                + [("CSeq", f"{invite.cseq.number} CANCEL")],
+            )
+        )
+
+    @precondition(lambda self: self.layer.dialogs)
+    @rule(data=st.data())
+    def we_hang_up(self, data):
+        dialog = data.draw(st.sampled_from(sorted(self.layer.dialogs.values(), key=id)))
+        self.layer.bye(dialog)
+
+    @rule(seconds=st.sampled_from([0.0, 0.5, 2.0, 5.0, 32.0, 40.0]))
+    def time_passes(self, seconds):
+        self.clock.advance(seconds)
+
+    @invariant()
+    def every_timer_belongs_to_the_layer(self):
+        assert {id(c) for c in self.clock.getDelayedCalls()} == {
+            id(c) for c in self.layer.pending_timers()
+        }
+        for dialog in self.layer.dialogs.values():
+            assert dialog.state != "terminated"
+
+    @invariant()
+    def one_final_answer_per_invite_and_each_call_ends_once(self):
+        finals: dict[tuple[str, int], SipResponse] = {}
+        for m in self.channel.sent:
+            if isinstance(m, SipResponse) and m.cseq.method == "INVITE" and not m.provisional:
+                assert finals.setdefault((m.call_id, m.cseq.number), m) == m
+        ended = [e for e in self.app.events if e[0] == "ended"]
+        assert len(ended) <= self.calls
+
+    def teardown(self) -> None:
+        for tx in self.app.invites:
+            if tx.state == "Proceeding":
+                tx.respond(response_for(tx.request, 480, to_tag="late"))
+        for dialog in list(self.layer.dialogs.values()):
+            self.layer.bye(dialog)
+        for _ in range(10):
+            self.clock.advance(1000)
+        assert not self.layer.dialogs and not self.clock.getDelayedCalls()
+        assert not self.layer._answered
+        assert not self.layer.transactions.servers and not self.layer.transactions.clients
+
+
+DialogsUnderAnyOrder.TestCase.settings = settings(
+    max_examples=100, stateful_step_count=30, deadline=None
+)
+test_dialogs_under_any_order = DialogsUnderAnyOrder.TestCase
+
+
+def test_a_late_duplicate_of_an_answered_invite_gets_the_same_2xx_not_a_new_call():
+    clock, app, layer, channel = _setup()
+    invite, _dialog, ok = _answered(layer, app, channel)
+    layer.transactions.receive(_in_dialog("ACK", invite, ok, invite.cseq.number), channel)
+    _run(clock, 100)  # every transaction of the call is gone
+    layer.transactions.receive(invite, channel)
+    assert [e for e in app.events if e[0] == "invite"] == [("invite", "call-1")]
+    answers = [m for m in channel.sent if isinstance(m, SipResponse) and m.status == 200]
+    assert answers[-1] == ok

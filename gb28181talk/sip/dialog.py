@@ -84,6 +84,10 @@ class Dialog:
     invite_cseq: int = 0
     end_reason: str | None = None
     local_contact: str | None = None
+    answer: SipResponse | None = None
+    """Our 2xx that made the dialog (UAS): a late duplicate of the INVITE gets it again."""
+    answered_cseqs: list[int] = field(default_factory=list)
+    """The CSeq numbers of the INVITEs we answered 2xx in this dialog."""
 
     @property
     def id(self) -> DialogId:
@@ -255,6 +259,8 @@ class DialogLayer:
         self.transactions = TransactionLayer(clock, self, timers)
         self.dialogs: dict[DialogId, Dialog] = {}
         self._answers: dict[DialogId, _Answer] = {}
+        self._answered: dict[tuple[str, str, int], Dialog] = {}
+        """Answered calls by (Call-ID, their tag, INVITE CSeq), to know late duplicate INVITEs."""
 
     @property
     def timers(self) -> Timers:
@@ -276,7 +282,11 @@ class DialogLayer:
             if req.method == "BYE":
                 transaction.respond(response_for(req, 481))
             elif req.method == "INVITE":
-                self.app.invite_received(transaction, req)
+                answered = self._answered.get((req.call_id, req.from_.tag or "", req.cseq.number))
+                if answered is not None and answered.answer is not None:
+                    transaction.respond(answered.answer)  # a late duplicate: the same answer
+                else:
+                    self.app.invite_received(transaction, req)
             else:
                 self.app.request_received(transaction, req)
             return
@@ -339,7 +349,10 @@ class DialogLayer:
         existing = self.dialogs.get((invite.call_id, ok.to.tag or "", invite.from_.tag or ""))
         dialog = existing or Dialog.as_uas(invite, ok, transaction.channel)
         dialog.state = "early" if existing is None else dialog.state
+        dialog.answer = ok
         self.dialogs[dialog.id] = dialog
+        self._answered[(invite.call_id, dialog.remote_tag, invite.cseq.number)] = dialog
+        dialog.answered_cseqs.append(invite.cseq.number)
         transaction.respond(ok)
         answer = _Answer(transaction, ok, dialog, self.timers.t1)
         old = self._answers.pop(dialog.id, None)
@@ -452,6 +465,8 @@ class DialogLayer:
         dialog.state = "terminated"
         dialog.end_reason = reason
         self.dialogs.pop(dialog.id, None)
+        for number in dialog.answered_cseqs:
+            self._answered.pop((dialog.call_id, dialog.remote_tag, number), None)
         answer = self._answers.pop(dialog.id, None)
         if answer is not None:
             answer.stop()
