@@ -80,15 +80,33 @@ class LoggingObserver:
         """Already logged by the session itself."""
 
     def session_ended(self, session: Any, reason: str, stats: Any) -> None:
+        """One line per ended session; the receive budget's figures named only when they count.
+
+        ``excess_audio_s`` and ``receive_throttles`` are fields of the event whatever
+        their value, so a log processor finds them on every end line.
+        """
         log.info(
             "talk session {id} ended: {reason}{detail}; sent {sent} packets, received {received}, "
-            "{violations} SSRC violations, jitter mean {jitter:.2f} ms, {duration:.1f} s",
+            "{violations} SSRC violations{budget}, jitter mean {jitter:.2f} ms, {duration:.1f} s",
             id=session.id,
             reason=reason,
             detail=f" ({session.end_detail})" if session.end_detail else "",
             sent=stats.packets_sent,
             received=stats.packets_received,
             violations=stats.ssrc_violations,
+            budget=_budget_text(stats.excess_audio_s, stats.receive_throttles),
+            excess_audio_s=stats.excess_audio_s,
+            receive_throttles=stats.receive_throttles,
             jitter=stats.jitter_mean_ms,
             duration=stats.duration_s,
         )
+
+
+def _budget_text(excess_audio_s: float, receive_throttles: int) -> str:
+    """What the receive budget cut, for the end line: nothing when it cut nothing."""
+    parts = []
+    if excess_audio_s:
+        parts.append(f"{excess_audio_s:.1f} s excess audio dropped")
+    if receive_throttles:
+        parts.append(f"receive throttled in {receive_throttles} s")
+    return "".join(f", {part}" for part in parts)
