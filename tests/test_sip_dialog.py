@@ -398,6 +398,16 @@ class DialogsUnderAnyOrder(RuleBasedStateMachine):
         self.app = App()
         self.layer = DialogLayer(self.clock, self.app, via=_via, timers=TIMERS)
         self.channel = FakeChannel()
+        self.final_at: dict[tuple[str, int, str], float] = {}
+        plain_send = self.channel.send
+
+        def send(message: SipMessage) -> None:
+            if isinstance(message, SipResponse) and not message.provisional:
+                key = (message.call_id, message.cseq.number, message.cseq.method)
+                self.final_at.setdefault(key, self.clock.seconds())
+            plain_send(message)
+
+        self.channel.send = send  # type: ignore[method-assign]
         self.sent: list[SipRequest] = []  # what the device sent, for repeats
         self.first_sent: dict[int, float] = {}
         self.calls = 0
@@ -408,9 +418,16 @@ class DialogsUnderAnyOrder(RuleBasedStateMachine):
         self.layer.transactions.receive(req, self.channel)
 
     def _repeatable(self) -> list[SipRequest]:
-        """What a conforming UDP device may still retransmit: within 64*T1 of the first send."""
+        """What may still arrive again from a conforming UDP device (§17.1): within 64*T1 of
+        the first send, and before its final answer or less than T4 (the longest a message
+        lives in the network) after it."""
         now = self.clock.seconds()
-        return [r for r in self.sent if now - self.first_sent[id(r)] < 64 * T1]
+        out = []
+        for r in self.sent:
+            final = self.final_at.get((r.call_id, r.cseq.number, r.method))
+            if now - self.first_sent[id(r)] < 64 * T1 and (final is None or now - final < 5.0):
+                out.append(r)
+        return out
 
     def _invites(self) -> list[SipRequest]:
         return [r for r in self.sent if r.method == "INVITE"]
@@ -453,7 +470,8 @@ class DialogsUnderAnyOrder(RuleBasedStateMachine):
     def a_late_duplicate_invite_arrives(self, data):
         invite = data.draw(st.sampled_from(self._invites()))
         final = self._answer_to(invite)
-        if final is not None and final.success:  # an answered call: the same 2xx comes back
+        live = any(d.call_id == invite.call_id for d in self.layer.dialogs.values())
+        if final is not None and final.success and live:  # a live call: the same 2xx again
             self.layer.transactions.receive(invite, self.channel)
 
     @precondition(lambda self: self._invites())
