@@ -28,6 +28,7 @@ import contextlib
 import http.client
 import json
 import os
+import resource
 import secrets
 import shutil
 import struct
@@ -44,18 +45,20 @@ from benchlib import (
     Api,
     ProcSampler,
     ServiceProcess,
+    machine_busy_seconds,
     other_cpus,
     percentile,
     pin,
     pin_self_away_from_service,
     print_table,
+    proc_cpu_seconds,
     summary,
     write_result,
 )
 from service_load import raise_fd_limit
 
 ATTACKERS = ("pcma-flood", "tiny-frames", "ws-endless", "ws-big", "paused-pusher",
-             "wav-loads", "http")
+             "wav-loads", "http-body", "http-json")
 """In the order they run in each round (benchmarks/attack_kinds.py has each one's story)."""
 
 
@@ -177,6 +180,19 @@ def run_attacker(job: dict[str, Any], timeout: float) -> dict[str, Any]:
     return report
 
 
+def our_cpu(service_pid: int, healthy_pid: int) -> dict[str, float]:
+    """CPU seconds so far: the service, this benchmark's processes (this one, the healthy
+    streamer, finished attacker children) and the whole machine, to tell others' load."""
+    own = os.times()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    healthy = 0.0
+    with contextlib.suppress(OSError):
+        healthy = proc_cpu_seconds(healthy_pid)
+    return {"service": proc_cpu_seconds(service_pid),
+            "ours": own.user + own.system + children.ru_utime + children.ru_stime + healthy,
+            "machine": machine_busy_seconds()}
+
+
 def counters(api: Api, secret: str) -> dict[str, float]:
     """The service's /metrics as {name{labels}: value}."""
     values: dict[str, float] = {}
@@ -196,7 +212,7 @@ backlog, so the message cap (not flow control) is what stops a hostile message."
 SHORT = {"body-1GiB-no-secret": "1GiB", "body-1GiB-chunked-no-secret": "chunked",
          "json-100000-deep": "deep", "lone-surrogate-vhost": "surrogate",
          "list-after-surrogate": "list", "lone-surrogate-secret": "secret",
-         "query-20KB": "query"}
+         "query-20KB": "query", "stop-stray": "stop"}
 """Short names of the HTTP attacks for the table."""
 
 MOVED = ("gbtalk_sessions_ended_total", "gbtalk_packets_dropped_total",
@@ -235,7 +251,7 @@ def attacker_summary(report: dict[str, Any]) -> str:
     if kind == "wav-loads":
         return "; ".join(f"{load['status']}/{load['code']} {load['seconds']} s"
                          for load in report["loads"])
-    if kind == "http":
+    if kind in ("http-body", "http-json"):
         return " ".join(f"{SHORT.get(name, name)}:{','.join(info['answers'])}"
                         for name, info in report["kinds"].items())
     return ""
@@ -284,14 +300,17 @@ def main() -> None:
     if args.service_tree:
         tree = str(Path(args.service_tree).resolve())
         service.env["PYTHONPATH"] = tree
-        commit = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, check=False).stdout.strip()
+        marker = Path(tree) / ".commit"  # written by whoever exported the tree
+        commit = marker.read_text().strip() if marker.exists() else subprocess.run(
+            ["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=False).stdout.strip()
     else:
         commit = ""
     service.start()
     api = Api("127.0.0.1", service.api_port)
     address = f"127.0.0.1:{service.api_port}"
     windows: list[dict[str, Any]] = []
+    rss_rounds: list[int] = []
     reports: list[dict[str, Any]] = []
     sampler = ProcSampler(service.pid, interval=0.25)
     probe = HealthProbe(service.api_port)
@@ -323,6 +342,7 @@ def main() -> None:
                     before = counters(api, secret)
                     rss_before = service.rss_kib()
                     start_wall, start = time.time(), time.monotonic()
+                    cpu_before = our_cpu(service.pid, healthy.process.pid)
                     report: dict[str, Any] | None = None
                     if phase == "baseline":
                         time.sleep(args.window)
@@ -335,6 +355,11 @@ def main() -> None:
                         }, timeout=args.window + 90)
                         reports.append({"round": round_index + 1, **report})
                     end_wall, end = time.time(), time.monotonic()
+                    cpu_after = our_cpu(service.pid, healthy.process.pid)
+                    shares = {name: round((cpu_after[name] - cpu_before[name]) / (end - start)
+                                          * 100, 1) for name in cpu_after}
+                    shares["others"] = round(shares["machine"] - shares["service"]
+                                             - shares["ours"], 1)
                     sampled = sampler.window(start, end)
                     if report is not None:
                         time.sleep(args.settle)
@@ -345,6 +370,7 @@ def main() -> None:
                         "health_ms": probe.window(start_wall, end_wall),
                         "service_cpu_percent": sampled["cpu_percent"]["mean"],
                         "machine_busy_percent": sampled["machine_busy_percent"],
+                        "cpu_percent": shares,
                         "rss_kib_before": rss_before, "rss_kib_peak": sampled["rss_kib_max"],
                         "rss_kib_after": service.rss_kib(),
                         "counters": moved(before, counters(api, secret)),
@@ -355,6 +381,7 @@ def main() -> None:
                     print(f"[{time.monotonic() - began:5.0f} s] round {round_index + 1} "
                           f"{phase:13s} {windows[-1]['seconds']:5.1f} s"
                           + (f"  {attacker_summary(report)}" if report else ""), flush=True)
+            rss_rounds.append(service.rss_kib())
         time.sleep(3)
         rss_end = service.rss_kib()
         healthy_report = healthy.finish([[f"{w['round']}:{w['point']}:{w['phase']}",
@@ -382,21 +409,25 @@ def main() -> None:
         rows.append([window["round"], window["phase"], window["seconds"], h["gap_p99_ms"],
                      h["gap_max_ms"], h["lost"], h["closed"], window["health_ms"]["p99"],
                      window["health_ms"]["max"], window["service_cpu_percent"],
+                     window["cpu_percent"]["others"],
                      f"{window['rss_kib_before'] / 1024:.0f}/{window['rss_kib_peak'] / 1024:.0f}"
                      f"/{window['rss_kib_after'] / 1024:.0f}",
                      attacker_summary(window["attacker"]) if window["attacker"] else ""])
     print_table(["round", "window", "s", "gap p99 ms", "gap max", "lost", "closed",
-                 "health p99 ms", "health max", "CPU %", "RSS MiB before/peak/after",
+                 "health p99 ms", "health max", "CPU %", "others %", "RSS MiB before/peak/after",
                  "attacker saw"], rows)
     print()
-    print_table(["attacker", "p99 baseline -> attack (ms)", "worst delta", "lost", "closed",
+    print_table(["attacker", "p99 baseline -> attack (ms)", "worst delta",
+                 "vs all-baseline median", "lost", "closed",
                  f"gap within {args.gap_goal:g} ms", "0 loss"],
-                [[v["attacker"], v["pairs"], v["worst_delta_ms"], v["lost"], v["closed"],
-                  "yes" if v["gap_met"] else "NO", "yes" if v["loss_met"] else "NO"]
+                [[v["attacker"], v["pairs"], v["worst_delta_ms"], v["worst_vs_median_ms"],
+                  v["lost"], v["closed"], "yes" if v["gap_met"] else "NO",
+                  "yes" if v["loss_met"] else "NO"]
                  for v in verdicts])
     print(f"RSS: {rss_start / 1024:.1f} MiB at the start, {rss_end / 1024:.1f} MiB after the "
           f"attackers ({rss_back:.1f} % off; goal {args.rss_goal:g} %: "
-          f"{'met' if rss_back is not None and rss_back <= args.rss_goal else 'NOT met'})")
+          f"{'met' if rss_back is not None and rss_back <= args.rss_goal else 'NOT met'}); "
+          f"at the end of each round: {', '.join(f'{r / 1024:.1f}' for r in rss_rounds)} MiB")
     print(f"CPU probe: {probe_before} ms before, {probe_after} ms after; healthy sessions "
           f"{healthy_report.get('connected')} connected, {healthy_report.get('closed_total')} "
           f"closed by the service; service exit {status}")
@@ -407,6 +438,7 @@ def main() -> None:
         "cpu_probe_ms": {"before": probe_before, "after": probe_after},
         "args": vars(args), "rss_kib": {"start": rss_start, "end": rss_end,
                                         "percent_off": round(rss_back or 0, 2),
+                                        "end_of_each_round": rss_rounds,
                                         "goal_met": rss_back is not None
                                         and rss_back <= args.rss_goal},
         "verdicts": verdicts, "windows": windows, "attackers": reports,
@@ -421,6 +453,9 @@ def judge(windows: list[dict[str, Any]], chosen: list[str], goal_ms: float
           ) -> list[dict[str, Any]]:
     """Per attacker: each attack window's p99 against the baseline just before it."""
     verdicts = []
+    baselines = [w["healthy"]["gap_p99_ms"] for w in windows
+                 if w["phase"] == "baseline" and w["healthy"]["gap_p99_ms"] is not None]
+    typical = percentile(baselines, 0.5)
     for name in chosen:
         pairs, deltas, lost, closed = [], [], 0, 0
         for index, window in enumerate(windows):
@@ -437,6 +472,10 @@ def judge(windows: list[dict[str, Any]], chosen: list[str], goal_ms: float
             "attacker": name, "pairs": ", ".join(pairs),
             "worst_delta_ms": round(max(deltas), 2) if deltas else None,
             "median_delta_ms": round(percentile(deltas, 0.5), 2) if deltas else None,
+            "baseline_median_ms": typical,
+            "worst_vs_median_ms": round(max(w["healthy"]["gap_p99_ms"] for w in windows
+                                            if w["phase"] == name) - typical, 2)
+            if deltas else None,
             "lost": lost, "closed": closed,
             "gap_met": bool(deltas) and max(deltas) <= goal_ms,
             "loss_met": bool(deltas) and lost == 0 and closed == 0,
