@@ -438,3 +438,25 @@ def test_a_refused_request_is_answered_with_the_status_and_a_warning_when_it_can
     assert (answer.header("Warning") or "").startswith('399 gb28181talk "version')
     assert parse_message(build(answer)) == answer
     assert error_response(_refused(b"garbage\r\n\r\n")) is None
+
+
+_params = st.lists(
+    st.tuples(_word, st.one_of(st.none(), _word)), max_size=4, unique_by=lambda p: p[0]
+).map(tuple)
+
+
+@given(st.sampled_from(["UDP", "TCP", "TLS"]), _host, st.one_of(st.none(), st.integers(1, 65535)),
+       _params)  # fmt: skip
+def test_a_via_prints_and_parses_back(transport, host, port, params):
+    via = Via(transport, host, port, params)
+    assert Via.parse(str(via)) == via
+
+
+@given(
+    st.builds(lambda u, h: f"sip:{u}@{h}", _word, _host),
+    st.one_of(st.none(), st.just('"Cam 1"'), _word),
+    _params,
+)
+def test_an_address_prints_and_parses_back(uri, display, params):
+    address = NameAddr(uri, display, params)
+    assert NameAddr.parse(str(address)) == address

@@ -397,7 +397,7 @@ def test_a_transport_failure_ends_the_transaction_and_tells_the_tu():
     assert user.events == [("failed", "transport")]
     assert not layer.clients and not clock.getDelayedCalls()
     layer.receive(_request("INVITE"), channel)  # the 100 cannot go out
-    assert ("failed", "transport") in user.events[1:] and not layer.servers
+    assert user.events[1:] == [("failed", "transport")] and not layer.servers
 
 
 def test_a_response_for_no_transaction_and_a_repeated_branch():

@@ -855,7 +855,8 @@ class TransactionLayer:
         else:
             server.machine = _NON_INVITE_SERVER(server)
             server.enter("Trying")
-        self.user.request_received(server, message)
+        if not server.terminated:  # the 100 Trying may already have failed to go out
+            self.user.request_received(server, message)
 
     def send_request(
         self, req: SipRequest, channel: Channel, user: ClientUser
