@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 from zope.interface import implementer
+from zope.interface.exceptions import MultipleInvalid
 from zope.interface.verify import verifyObject
 
 from gb28181talk.core.pacer import Pacer
@@ -50,6 +51,7 @@ class DatagramLink:
         self.peer = peer
         self.datagrams: list[bytes] = []
         self.closed: bool | None = None
+        self.pauses = self.resumes = 0
 
     def write(self, header: bytes, payload: bytes) -> bool:
         assert self.closed is None, "nothing is written after close"
@@ -58,6 +60,13 @@ class DatagramLink:
 
     def close(self, abort: bool) -> None:
         self.closed = abort
+
+    def pause_reading(self) -> None:
+        """A datagram link cannot pause: over-budget datagrams are dropped and counted."""
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        self.resumes += 1
 
 
 @implementer(ITalkTransport)
@@ -122,6 +131,40 @@ def test_the_transports_and_links_provide_their_interfaces() -> None:
     assert verifyObject(IDeviceLink, link)
     session, _, _, _ = udp_session()
     assert verifyObject(IDeviceHost, session)
+
+
+def test_a_link_must_say_how_its_reading_is_paused() -> None:
+    @implementer(IDeviceLink)
+    class Unpausable:
+        peer = ("h", 1)
+        framing = Framing.NONE
+        queued = 0
+        whole_packets = True
+
+        def write(self, header: bytes, payload: bytes) -> bool:
+            return True
+
+        def close(self, abort: bool) -> None:
+            """Nothing to close."""
+
+    with pytest.raises(MultipleInvalid) as broken:
+        verifyObject(IDeviceLink, Unpausable())
+    missing = {error.name.__name__ for error in broken.value.exceptions}
+    assert missing == {"pause_reading", "resume_reading"}
+
+
+def test_the_receive_budget_pauses_any_link_through_the_interface() -> None:
+    session, transport, clock, _ = udp_session(receive=True, preroll_ms=0)
+    session.start()
+    link = transport.link
+    assert link is not None
+    for _ in range(session.receiver.budget.frames_per_second + 3):
+        transport.datagram_received(b"\x80")  # too short for RTP: a frame all the same
+    assert (link.pauses, link.resumes) == (1, 0), "the second's budget is spent: paused"
+    assert session.stats.packets_over_budget == 3 and session.stats.receive_throttles == 1
+    clock.advance(1.0)
+    assert link.resumes == 1
+    session.stop()
 
 
 def test_a_datagram_transport_streams_bare_rtp_one_packet_per_datagram() -> None:

@@ -163,9 +163,13 @@ class Receiver:
             self._decoder = FrameDecoder()
 
     def throttle_by(self, link: Any) -> None:
-        """Pause and resume the device's reading through ``link`` (its ``pause_reading`` and
-        ``resume_reading``, if it has them) when the device is over its budget."""
-        if self._decoder is not None and hasattr(link, "pause_reading"):
+        """Pause and resume the device's reading through ``link`` (an IDeviceLink's
+        ``pause_reading`` and ``resume_reading``) when the device is over its budget.
+
+        Every owner of a receiver calls it once the device is connected: the talk session
+        and the RTP server.  A one-way receiver hears nothing, so it never pauses.
+        """
+        if self._decoder is not None:
             self._link = link
 
     def stop(self) -> None:

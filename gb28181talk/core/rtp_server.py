@@ -244,6 +244,7 @@ class RtpServer:
             if transport is not None:
                 transport.close()  # stop waiting; the delivered link lives on
         self.receiver.start(self.reactor.seconds(), link.whole_packets)
+        self.receiver.throttle_by(link)  # a flooding device is paused, not only backlogged
         connecting, self._connecting = self._connecting, None
         if connecting is not None:
             connecting.callback(None)
@@ -326,6 +327,13 @@ class SharedLink:
         """The talk session ended: the device's connection stays the RTP server's."""
         if self._server.talker is self._host:
             self._server.talker = None
+
+    def pause_reading(self) -> None:
+        """Not the talk session's to pause: what the device sends goes to the RTP server,
+        whose receiver throttles the connection itself."""
+
+    def resume_reading(self) -> None:
+        """Nothing was paused."""
 
 
 @implementer(ITalkTransport)

@@ -15,7 +15,8 @@ to; the transport hands back one :class:`IDeviceLink`, the device as the
 sender writes to it: one call per RTP packet, ``header`` then ``payload``.
 A stream link asks for RFC 4571's 2-byte length before each packet (or none,
 as the caller chose); a datagram link always asks for none, one datagram per
-write.
+write.  The receive budget pauses and resumes a link's reading
+(``pause_reading``, ``resume_reading``); links that cannot pause do nothing.
 """
 
 from __future__ import annotations
@@ -51,6 +52,20 @@ class IDeviceLink(Interface):
 
         Harmless once the device has gone.
         """
+
+    def pause_reading() -> None:
+        """Read nothing more from the device until ``resume_reading`` (it is over its receive
+        budget: :meth:`~gb28181talk.core.receiver.Receiver.throttle_by`).
+
+        A stream link stops reading its socket, so the kernel's window holds the device
+        back.  A link that cannot pause does nothing: a datagram link (the receiver drops
+        and counts the datagrams over budget, unread), or a link lent to another reader
+        (an RTP server's connection, which that server's own receiver throttles).
+        Harmless once the device has gone.
+        """
+
+    def resume_reading() -> None:
+        """Read the device again after ``pause_reading``; harmless once it has gone."""
 
 
 class IDeviceHost(Interface):

@@ -63,6 +63,13 @@ class UdpLink:
         """The session is done with the device: the socket closes, the port goes back."""
         self._transport.link_closed()
 
+    def pause_reading(self) -> None:
+        """Nothing to pause: over its budget, the device's datagrams are dropped unread and
+        counted by the receiver (``packets_over_budget``), a counter and a return each."""
+
+    def resume_reading(self) -> None:
+        """Nothing was paused."""
+
 
 class _TalkDatagrams(DatagramProtocol):
     """The talk socket: a thin adapter from datagrams to the transport."""
