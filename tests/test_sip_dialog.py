@@ -563,3 +563,56 @@ def test_a_late_duplicate_of_an_answered_invite_gets_the_same_2xx_not_a_new_call
     assert [e for e in app.events if e[0] == "invite"] == [("invite", "call-1")]
     answers = [m for m in channel.sent if isinstance(m, SipResponse) and m.status == 200]
     assert answers[-1] == ok
+
+
+def _device_answers(layer, channel, invite, status, tag="devtag"):
+    headers = [("Contact", f"<{DEVICE_CONTACT}>")] if 200 <= status < 300 else []
+    resp = response_for(invite, status, to_tag=tag, headers=headers)
+    layer.transactions.receive(resp, channel)
+    return resp
+
+
+def test_cancelling_our_invite_waits_for_a_provisional_then_the_487_is_acked():
+    clock, app, layer, channel = _setup()
+    invite = _platform_invite()
+    tx = layer.send(invite, channel)
+    assert layer.cancel(tx)
+    assert channel.requests("CANCEL") == []  # never before a provisional (§9.1)
+    _device_answers(layer, channel, invite, 180)
+    (cancel,) = channel.requests("CANCEL")
+    assert cancel.top_via.branch == invite.top_via.branch
+    assert (cancel.uri, cancel.cseq.number, cancel.cseq.method) == (invite.uri, 7, "CANCEL")
+    assert cancel.to.tag is None and cancel.call_id == invite.call_id
+    layer.transactions.receive(response_for(cancel, 200, to_tag="devtag"), channel)
+    _device_answers(layer, channel, invite, 487)
+    assert app.events == [("response", 180), ("response", 487)]
+    assert len(channel.requests("ACK")) == 1  # the transaction ACKs the 487
+    assert not layer.cancel(tx)  # nothing left to cancel
+    _run(clock, 100)
+    assert not clock.getDelayedCalls() and not layer.dialogs
+
+
+def test_a_2xx_crossing_our_cancel_is_acked_and_hung_up():
+    _clock, app, layer, channel = _setup()
+    invite = _platform_invite()
+    tx = layer.send(invite, channel)
+    _device_answers(layer, channel, invite, 100)
+    assert layer.cancel(tx)
+    _device_answers(layer, channel, invite, 200)
+    assert len(channel.requests("ACK")) == 1 and len(channel.requests("BYE")) == 1
+    assert app.events[-1] == ("ended", "cancelled")
+    assert ("confirmed", "talk-1") not in app.events and not layer.dialogs
+
+
+def test_a_2xx_retransmitted_after_we_hung_up_is_acked_not_a_new_call():
+    clock, app, layer, channel = _setup()
+    invite = _platform_invite()
+    layer.send(invite, channel)
+    ok = _device_answers(layer, channel, invite, 200)
+    (dialog,) = layer.dialogs.values()
+    layer.bye(dialog)
+    layer.transactions.receive(ok, channel)  # the ICT is still Accepted
+    _run(clock, 64 * T1 + 1)
+    layer.transactions.receive(ok, channel)  # and after Timer M
+    assert len(channel.requests("ACK")) == 3
+    assert app.events.count(("confirmed", "talk-1")) == 1 and not layer.dialogs

@@ -24,6 +24,7 @@ gets the requests outside dialogs (REGISTER, MESSAGE...).
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -56,6 +57,9 @@ KNOWN_METHODS = frozenset(
 """Methods answered by the application or the dialog layer; any other gets 501."""
 
 DialogId = tuple[str, str, str]
+
+MAX_ENDED_REMEMBERED = 4096
+"""Ended dialogs we called that are remembered, so a late retransmitted 2xx is only ACKed."""
 
 
 def new_tag() -> str:
@@ -206,7 +210,7 @@ class DialogUser(Protocol):
         """The ACK to our 2xx arrived (UAS), or we ACKed theirs (UAC)."""
 
     def dialog_ended(self, dialog: Dialog, reason: str) -> None:
-        """``bye`` (they hung up), ``local-bye`` (we did), ``no-ack`` (our 2xx never ACKed)."""
+        """Why: ``bye`` (they hung up), ``local-bye`` (we did), ``no-ack``, ``cancelled``."""
 
     def request_received(self, transaction: ServerTransaction, req: SipRequest) -> None:
         """Any other request: outside a dialog (REGISTER, MESSAGE...) or inside one (INFO...)."""
@@ -259,6 +263,10 @@ class DialogLayer:
         self.transactions = TransactionLayer(clock, self, timers)
         self.dialogs: dict[DialogId, Dialog] = {}
         self._answers: dict[DialogId, _Answer] = {}
+        self._ended: OrderedDict[DialogId, Dialog] = OrderedDict()
+        """Recently ended dialogs we called: a late 2xx is ACKed, never a new call."""
+        self._cancelled: set[Any] = set()
+        self._cancel_waiting: set[Any] = set()
         self._answered: dict[tuple[str, str, int], Dialog] = {}
         """Answered calls by (Call-ID, their tag, INVITE CSeq), to know late duplicate INVITEs."""
 
@@ -414,20 +422,64 @@ class DialogLayer:
     def response_received(self, transaction: ClientTransaction, resp: SipResponse) -> None:
         """A response to a request we sent: dialogs made from 2xx to INVITE, then the app."""
         req = transaction.request
-        if req.method == "INVITE" and resp.success:
-            key = (req.call_id, req.from_.tag or "", resp.to.tag or "")
-            dialog = self.dialogs.get(key)
-            first = dialog is None
-            if dialog is None:
-                dialog = Dialog.as_uac(req, resp, transaction.channel)
-                self.dialogs[dialog.id] = dialog
-            self._send_ack(dialog)
-            if not first:
-                return  # a retransmitted 2xx: ACKed again, nothing new
+        if req.method != "INVITE":
             self.app.response_received(transaction, resp)
-            self.app.dialog_confirmed(dialog)
             return
+        if resp.provisional and transaction.key in self._cancel_waiting:
+            self._cancel_waiting.discard(transaction.key)
+            self._send_cancel(transaction)
+        if not resp.success:
+            self._cancel_waiting.discard(transaction.key)
+            self._cancelled.discard(transaction.key)
+            self.app.response_received(transaction, resp)
+            return
+        key = (req.call_id, req.from_.tag or "", resp.to.tag or "")
+        known = self.dialogs.get(key) or self._ended.get(key)
+        if known is not None:
+            self._send_ack(known)  # a retransmitted 2xx: ACKed again, nothing new
+            return
+        dialog = Dialog.as_uac(req, resp, transaction.channel)
+        self.dialogs[dialog.id] = dialog
+        self._send_ack(dialog)
         self.app.response_received(transaction, resp)
+        if transaction.key in self._cancelled:  # the 2xx crossed our CANCEL: hang up (§9.1)
+            self._cancelled.discard(transaction.key)
+            self._end(dialog, "cancelled")
+            self._send_bye(dialog)
+            return
+        self.app.dialog_confirmed(dialog)
+
+    def cancel(self, transaction: ClientTransaction) -> bool:
+        """Cancel our INVITE (§9.1): CANCEL now if it was answered 1xx, else at its first 1xx.
+
+        False when there is nothing to cancel (not an INVITE, or it has its final answer).
+        A 2xx that crosses the CANCEL is ACKed and the call hung up (``cancelled``).
+        """
+        if transaction.request.method != "INVITE" or transaction.state not in (
+            "Calling",
+            "Proceeding",
+        ):
+            return False
+        self._cancelled.add(transaction.key)
+        if transaction.state == "Proceeding":
+            self._send_cancel(transaction)
+        else:
+            self._cancel_waiting.add(transaction.key)  # no CANCEL before a provisional (§9.1)
+        return True
+
+    def _send_cancel(self, transaction: ClientTransaction) -> None:
+        invite = transaction.request
+        headers = [("Via", invite.values("Via")[0])]
+        headers += [(n, v) for n, v in invite.headers if n == "Route"]
+        headers += [
+            ("From", invite.header("From") or ""),
+            ("To", invite.header("To") or ""),
+            ("Call-ID", invite.call_id),
+            ("CSeq", f"{invite.cseq.number} CANCEL"),
+            ("Max-Forwards", "70"),
+        ]
+        cancel = request("CANCEL", invite.uri, headers)
+        self.transactions.send_request(cancel, transaction.channel, _Quiet())
 
     def _send_ack(self, dialog: Dialog) -> None:
         try:
@@ -438,18 +490,16 @@ class DialogLayer:
     def response_unmatched(self, resp: SipResponse, channel: Channel) -> None:
         """A 2xx to an INVITE after its transaction ended: ACK again (§13.2.2.4); else drop."""
         if resp.cseq.method == "INVITE" and resp.success:
-            for dialog in self.dialogs.values():
-                if (
-                    dialog.role == "uac"
-                    and dialog.call_id == resp.call_id
-                    and dialog.remote_tag == (resp.to.tag or "")
-                ):
-                    self._send_ack(dialog)
-                    return
+            key = (resp.call_id, resp.from_.tag or "", resp.to.tag or "")
+            dialog = self.dialogs.get(key) or self._ended.get(key)
+            if dialog is not None and dialog.role == "uac":
+                self._send_ack(dialog)
 
     def transaction_failed(self, transaction: Any, reason: str) -> None:
         """A transaction ended without its answer: dialogs that depended on it end too."""
         if isinstance(transaction, ClientTransaction):
+            self._cancelled.discard(transaction.key)
+            self._cancel_waiting.discard(transaction.key)
             self.app.request_failed(transaction, reason)
             return
         _log.info(
@@ -467,6 +517,10 @@ class DialogLayer:
         self.dialogs.pop(dialog.id, None)
         for number in dialog.answered_cseqs:
             self._answered.pop((dialog.call_id, dialog.remote_tag, number), None)
+        if dialog.role == "uac":
+            self._ended[dialog.id] = dialog
+            while len(self._ended) > MAX_ENDED_REMEMBERED:
+                self._ended.popitem(last=False)
         answer = self._answers.pop(dialog.id, None)
         if answer is not None:
             answer.stop()
