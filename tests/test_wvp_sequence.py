@@ -6,74 +6,48 @@ The calls and bodies are those read in wvp-GB28181-pro's source
 its hook URLs; ``ZLMHttpHookListener``: the hook bodies it parses), played
 in wvp's order: register the node, see the audio stream appear
 (``on_stream_changed``, ``schema=rtsp``), check it with getMediaInfo and
-isMediaOnline, open a talk port with a talk-length ``close_delay_ms``, list
-and stop the sender (the ``ssrc`` echoed as given), end the stream.
+isMediaOnline, open a talk port with a talk-length ``close_delay_ms``, send
+with ``startSendRtp`` to a UDP device and to a listening TCP device (each
+hears the tone), list the senders and stop each (the ``ssrc`` echoed as
+given), end the stream.  One flow, so the README's claim that a platform
+built on ZLMediaKit can drive the node unchanged is shown end to end.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
+from gb28181talk.media.framing import Framing
 from gb28181talk.web import codes
-from tests.httpapi import HookReceiver, Reply, ServiceHarness, async_test, call, until
+from tests.audiocheck import dominant_frequency
+from tests.httpapi import HookReceiver, ServiceHarness, async_test, call, until
+from tests.wvp import CANDIDATES, WVP_READS, WvpPlatform, wvp_hook_config
 
 SECRET = "035c73f7-bb6b-4889-a715-d9eb2d1925cc"
 SERVER_ID = "talk-node-1"
 
-WVP_READS = (
-    # ZLMServerConfig fields wvp uses (ZLMMediaServerStatusManager.initPort/online,
-    # ZLMMediaNodeServerService.checkNodeId, MediaServer(ZLMServerConfig, ...)).
-    "general.mediaServerId", "hook.alive_interval", "http.port", "http.sslport", "rtmp.port",
-    "rtmp.sslport", "rtsp.port", "rtsp.sslport", "rtp_proxy.port", "rtp_proxy.port_range",
-)
-
-
-def wvp_hook_config(prefix: str, low: int, high: int) -> dict[str, str]:
-    """The settings wvp's setZLMConfig pushes (ZLMMediaServerStatusManager.java)."""
-    names = ("on_play", "on_publish", "on_server_started", "on_stream_changed",
-             "on_stream_none_reader", "on_stream_not_found", "on_server_keepalive",
-             "on_send_rtp_stopped", "on_rtp_server_timeout", "on_record_mp4")
-    return {
-        "hook.enable": "1", "hook.on_flow_report": "", "hook.on_http_access": "",
-        "hook.on_record_ts": "", "hook.on_rtsp_auth": "", "hook.on_rtsp_realm": "",
-        "hook.on_shell_login": "", **{f"hook.{name}": f"{prefix}/{name}" for name in names},
-        "hook.timeoutSec": "30", "protocol.continue_push_ms": "3000",
-        "rtp_proxy.port_range": f"{low}-{high}",
-    }
-
-
-class WvpSequenceTests(unittest.TestCase):
+class WvpSequenceTests(WvpPlatform, unittest.TestCase):
     """A node with a secret and no hook URL of its own: wvp pushes them."""
 
     timeout = 30
+    secret = SECRET
 
     def setUp(self) -> None:
         self.receiver = HookReceiver()
         self.prefix = self.receiver.start()
-        self.harness = ServiceHarness(ports=4, secret=SECRET, server_id=SERVER_ID,
+        self.harness = ServiceHarness(ports=6, secret=SECRET, server_id=SERVER_ID,
                                       alive_interval=0.5)
         self.harness.start()
+        self.ports = []
 
     async def _cleanup(self) -> None:
         await self.harness.stop()
+        await self.close_devices()
         await self.receiver.stop()
 
     def tearDown(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._cleanup())
-
-    async def wvp(self, api: str, **params: Any) -> Reply:
-        """One call as ZLMRESTfulUtils.sendPost makes it: a form POST, secret in the body."""
-        form = {"secret": SECRET, **{name: str(value) for name, value in params.items()}}
-        reply = await call("POST", self.harness.url(f"/index/api/{api}"), form=form)
-        assert reply.status == 200 and reply.content_type.startswith("application/json")
-        return reply
-
-    def hooks(self, name: str) -> list[dict[str, Any]]:
-        return [body for path, body in zip(self.receiver.paths, self.receiver.bodies,
-                                           strict=True) if path.endswith("/" + name)]
 
     @async_test
     async def test_wvp_brings_the_node_online_and_runs_a_talk_through_it(self) -> None:
@@ -110,7 +84,8 @@ class WvpSequenceTests(unittest.TestCase):
         # 4. The platform's audio source appears: on_stream_changed regist=true, schema rtsp.
         added = await call("POST", self.harness.url("/api/sources"),
                            headers={"Authorization": f"Bearer {SECRET}"},
-                           json_body={"app": "broadcast", "stream": "talk", "kind": "tone"})
+                           json_body={"app": "broadcast", "stream": "talk", "kind": "tone",
+                                      "frequency": 1000})
         assert added.code == 0
         await until(lambda: self.hooks("on_stream_changed"))
         [appeared] = self.hooks("on_stream_changed")
@@ -144,20 +119,56 @@ class WvpSequenceTests(unittest.TestCase):
         assert self.harness.low <= port <= self.harness.high
         [session] = self.harness.service.manager.sessions()
         assert session.params.wait_timeout == 10_000.0
+        # 7. Broadcast to the devices that answered is_udp or a=setup:passive: startSendRtp
+        # with ZLMMediaNodeServerService's fields. A UDP device hears the tone from a pool port.
+        udp_device, udp_port = self.udp_device()
+        to_udp = await self.send_rtp("0100000011", udp_port, 1)
+        assert to_udp.code == 0, to_udp.json
+        udp_local = to_udp.json["local_port"]
+        assert self.harness.low <= udp_local <= self.harness.high and udp_local != port
+        # A listening TCP device: the answer comes once we are connected (RFC 4571).
+        tcp_factory, tcp_port = self.tcp_device()
+        to_tcp = await self.send_rtp("0100000012", tcp_port, 0)
+        assert to_tcp.code == 0, to_tcp.json
+        tcp_device = await tcp_factory.accepted
+        assert to_tcp.json["local_port"] == tcp_device.transport.getPeer().port
+        await until(lambda: udp_device.media.audio_seconds >= 0.6
+                    and tcp_device.media.audio_seconds >= 0.6)
+        assert udp_device.platform == ("127.0.0.1", udp_local)
+        assert {packet.ssrc for packet in udp_device.media.packets} == {100000011}
+        assert dominant_frequency(udp_device.media.pcm16(), CANDIDATES) == 1000
+        assert tcp_device.media.framing is Framing.RFC4571
+        assert {packet.ssrc for packet in tcp_device.packets()} == {100000012}
+        assert dominant_frequency(tcp_device.audio(), CANDIDATES) == 1000
+        transports = {entry["ssrc"]: entry["transport"] for entry in
+                      (live.describe() for live in self.harness.service.manager.sessions())}
+        assert set(transports.values()) == {"tcp-passive", "udp", "tcp-active"}, transports
+
+        # 8. listRtpSender: every sender of the stream, each ssrc echoed as it was given.
         senders = await self.wvp("listRtpSender", vhost=codes.DEFAULT_VHOST, app="broadcast",
                                  stream="talk")
-        assert senders.json["data"] == ["777"]
+        assert sorted(senders.json["data"]) == ["0100000011", "0100000012", "777"]
 
-        # 7. stopSendRtp on BYE: on_send_rtp_stopped echoes the ssrc as given.
-        stopped = await self.wvp("stopSendRtp", vhost=codes.DEFAULT_VHOST, app="broadcast",
-                                 stream="talk", ssrc="777")
-        assert stopped.code == 0
-        await until(lambda: self.hooks("on_send_rtp_stopped"))
-        [ended] = self.hooks("on_send_rtp_stopped")
-        assert (ended["ssrc"], ended["reason"]) == ("777", "stopped")
-        assert ended["mediaServerId"] == SERVER_ID
+        # 9. stopSendRtp on each BYE: on_send_rtp_stopped echoes each ssrc as given.
+        for ssrc in ("777", "0100000011", "0100000012"):
+            stopped = await self.wvp("stopSendRtp", vhost=codes.DEFAULT_VHOST, app="broadcast",
+                                     stream="talk", ssrc=ssrc)
+            assert stopped.code == 0, (ssrc, stopped.json)
+        await until(lambda: len(self.hooks("on_send_rtp_stopped")) == 3)
+        ended = self.hooks("on_send_rtp_stopped")
+        assert [(body["ssrc"], body["reason"]) for body in ended] == [
+            ("777", "stopped"), ("0100000011", "stopped"), ("0100000012", "stopped")]
+        assert {body["mediaServerId"] for body in ended} == {SERVER_ID}
+        await tcp_device.closed  # our connection to the TCP device is closed
+        assert self.harness.service.manager.sessions() == []
+        await until(lambda: self.harness.service.pool.leased_count == 0)
+        heard = udp_device.media.audio_seconds
+        none_after = await self.wvp("listRtpSender", vhost=codes.DEFAULT_VHOST, app="broadcast",
+                                    stream="talk")
+        assert none_after.json["data"] == []
+        assert udp_device.media.audio_seconds == heard, "nothing is sent after stopSendRtp"
 
-        # 8. close_streams (wvp's closeStreams, force=1): the stream ends, regist=false.
+        # 10. close_streams (wvp's closeStreams, force=1): the stream ends, regist=false.
         closed = await self.wvp("close_streams", vhost=codes.DEFAULT_VHOST, app="broadcast",
                                 stream="talk", force=1)
         assert closed.json == {"code": 0, "count_hit": 1, "count_closed": 1}

@@ -18,24 +18,20 @@ import math
 import struct
 from typing import Any
 
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
 from gb28181talk.device.media import DeviceMedia
-from gb28181talk.device.protocol import DeviceDatagramProtocol, DeviceMediaFactory
 from gb28181talk.device.voice import DeviceVoice
 from gb28181talk.media.framing import Framing
 from gb28181talk.web import codes
 from tests.audiocheck import dominant_frequency
-from tests.devices import DeviceClient, connect_device, sleep
-from tests.httpapi import HookReceiver, Reply, ServiceHarness, async_test, call, until
+from tests.devices import connect_device, sleep
+from tests.httpapi import HookReceiver, ServiceHarness, async_test, call, until
 from tests.netutil import free_port
-from tests.test_wvp_sequence import wvp_hook_config
+from tests.wvp import CANDIDATES, VHOST, WvpPlatform, wvp_hook_config
 
 SECRET = "3e1b0c1e-talk-node"
-VHOST = codes.DEFAULT_VHOST
-CANDIDATES = range(300, 1600, 100)
 
 
 def tone_pcm(frequency: float, seconds: float, rate: int = 8000) -> bytes:
@@ -45,17 +41,18 @@ def tone_pcm(frequency: float, seconds: float, rate: int = 8000) -> bytes:
                                        for n in range(count)))
 
 
-class SendModeTests(unittest.TestCase):
+class SendModeTests(WvpPlatform, unittest.TestCase):
     """A node with a secret and the platform's hook URLs, as wvp leaves it."""
 
     timeout = 40
+    secret = SECRET
 
     def setUp(self) -> Deferred[None]:
         self.receiver = HookReceiver()
         self.prefix = self.receiver.start()
         self.harness = ServiceHarness(ports=12, secret=SECRET, server_id="talk-node")
         self.harness.start()
-        self.ports: list[Any] = []
+        self.ports = []
         return Deferred.fromCoroutine(self._setup())
 
     async def _setup(self) -> None:
@@ -69,40 +66,11 @@ class SendModeTests(unittest.TestCase):
 
     async def _cleanup(self) -> None:
         await self.harness.stop()
-        for port in self.ports:
-            await port.stopListening()
+        await self.close_devices()
         await self.receiver.stop()
 
     def tearDown(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._cleanup())
-
-    async def wvp(self, api: str, **params: Any) -> Reply:
-        """One call as ZLMRESTfulUtils.sendPost makes it: a form POST, secret in the body."""
-        form = {"secret": SECRET, **{name: str(value) for name, value in params.items()}}
-        reply = await call("POST", self.harness.url(f"/index/api/{api}"), form=form)
-        assert reply.status == 200 and reply.content_type.startswith("application/json")
-        return reply
-
-    def hooks(self, name: str) -> list[dict[str, Any]]:
-        return [body for path, body in zip(self.receiver.paths, self.receiver.bodies,
-                                           strict=True) if path.endswith("/" + name)]
-
-    def udp_device(self, platform: tuple[str, int] | None = None,
-                   voice: DeviceVoice | None = None) -> tuple[DeviceDatagramProtocol, int]:
-        device = DeviceDatagramProtocol(reactor, voice=voice, platform=platform)
-        port = reactor.listenUDP(0, device, interface="127.0.0.1")
-        self.ports.append(port)
-        return device, port.getHost().port
-
-    def send_rtp(self, ssrc: str, dst_port: int, is_udp: int, **extra: Any) -> Any:
-        """wvp's ZLMServerFactory.startSendRtp fields for a device that is not TCP active."""
-        fields = {"vhost": VHOST, "app": "broadcast", "stream": "talk", "ssrc": ssrc,
-                  "src_port": 0, "pt": 8, "use_ps": 0, "only_audio": 1, "is_udp": is_udp,
-                  "dst_url": "127.0.0.1", "dst_port": dst_port}
-        if is_udp:
-            fields["udp_rtcp_timeout"] = 0
-        fields.update(extra)
-        return self.wvp("startSendRtp", **fields)
 
     # ----------------------------------------------------------------------- sending
 
@@ -129,11 +97,8 @@ class SendModeTests(unittest.TestCase):
 
     @async_test
     async def test_start_send_rtp_tcp_the_listening_device_hears_the_tone(self) -> None:
-        factory = DeviceMediaFactory(DeviceClient)
-        listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.ports.append(listening)
-        started = await self.send_rtp("0100000002", listening.getHost().port, 0,
-                                      close_delay_ms=3000)
+        factory, device_port = self.tcp_device()
+        started = await self.send_rtp("0100000002", device_port, 0, close_delay_ms=3000)
         assert started.code == 0, started.json
         device = await factory.accepted  # the answer came once we were connected
         assert started.json["local_port"] == device.transport.getPeer().port
