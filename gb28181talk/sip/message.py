@@ -671,7 +671,9 @@ class StreamParser:
         buf = self._buffer
         while True:
             if self._head is None:
-                blank = len(buf) - len(buf.lstrip(b"\r\n"))
+                blank = 0
+                while blank < len(buf) and buf[blank] in b"\r\n":
+                    blank += 1
                 if blank:
                     self.keepalives += buf.count(b"\n", 0, blank)
                     del buf[:blank]
