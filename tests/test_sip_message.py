@@ -252,6 +252,10 @@ def test_malformed_lines():
         REGISTER.replace(b"1 REGISTER", b"x REGISTER"),
         REGISTER.replace(b"1 REGISTER", b"4294967296 REGISTER"),
         REGISTER.replace(b"SIP/2.0/UDP 192.168.1.64:5060", b"HTTP/1.1 x"),
+        REGISTER.replace(b"To: <sip:34020000001320000001@3402000000>", b"To: <sip:x@y"),
+        REGISTER.replace(b"From: <sip:", b'From: "unclosed <sip:'),
+        REGISTER.replace(b"Contact: <sip:34020000001320000001@192.168.1.64:5060>", b"m: <a"),
+        REGISTER.replace(b"Call-ID: 1720283744", b"Call-ID:"),
     ):
         assert _refused(raw).status == 400
 
@@ -416,6 +420,9 @@ def test_damaged_messages_raise_only_sip_errors(message, data):
     else:
         if parsed is not None:  # whatever parses builds and parses again the same
             assert parse_message(build(parsed)) == parsed
+            # and every header the layers above read can be read
+            assert parsed.cseq and parsed.vias and parsed.top_via and parsed.from_ and parsed.to
+            assert isinstance(parsed.contacts, list)
     with contextlib.suppress(SipError):
         StreamParser().feed(bytes(raw))
 

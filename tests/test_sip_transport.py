@@ -7,6 +7,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.internet.testing import FakeDatagramTransport, StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from gb28181talk.sip.message import (
@@ -211,3 +212,39 @@ class LoopbackSipTests(TestCase):
         assert channel is connection
         # the registrar's channel is its side of this connection: it may send requests back
         assert registrar.channels[0].transport_name == "TCP"
+
+
+class Failing:
+    """A stack with a bug: every message raises."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def receive(self, message, channel):
+        self.calls += 1
+        raise RuntimeError("a bug in the stack")
+
+
+def test_a_failure_in_the_stack_costs_one_message_not_the_socket_or_connection():
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        _feed_a_failing_stack()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    failures = [e for e in events if "log_failure" in e]
+    assert len(failures) == 4
+    assert all(e["log_failure"].check(RuntimeError) for e in failures)
+
+
+def _feed_a_failing_stack() -> None:
+    failing = Failing()
+    udp = SipDatagramProtocol(failing)
+    udp.makeConnection(FakeDatagramTransport())
+    udp.datagramReceived(build(_register()), ("192.0.2.1", 5060))
+    udp.datagramReceived(build(_register()), ("192.0.2.1", 5060))
+    tcp = SipStreamFactory(failing).buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "198.51.100.4", 51000))
+    tcp.makeConnection(transport)
+    tcp.dataReceived(build(_register("TCP")) + build(_register("TCP")))
+    assert failing.calls == 4 and not transport.disconnecting

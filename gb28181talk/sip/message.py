@@ -561,8 +561,14 @@ def _finish(head: _Head, body: bytes) -> SipMessage:
     if version.upper() != SIP_VERSION:
         raise SipVersionError(f"version {version[:20]!r} is not {SIP_VERSION}", answerable)
     try:
+        # Every header the transactions and dialogs read must read: refuse it here, once.
         cseq = message.cseq
-        message.top_via  # noqa: B018  (parses the top Via: a response goes there)
+        message.vias  # noqa: B018
+        message.from_  # noqa: B018
+        message.to  # noqa: B018
+        message.contacts  # noqa: B018
+        if not message.call_id.strip():
+            raise SipParseError("an empty Call-ID")
     except SipParseError as e:
         raise SipParseError(e.detail, answerable) from None
     if isinstance(message, SipRequest) and cseq.method != message.method:

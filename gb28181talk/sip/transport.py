@@ -78,6 +78,15 @@ def _refused(error: SipError, peer: tuple[str, int], how: str) -> bytes | None:
     return build(answer) if answer is not None else None
 
 
+def _hand_on(receiver: MessageReceiver, message: SipMessage, channel: Any) -> None:
+    """Give the message to the stack; a failure there is logged and costs only this message."""
+    try:
+        receiver.receive(message, channel)
+    except Exception:
+        what = message.method if isinstance(message, SipRequest) else message.status
+        _log.failure("SIP {what} on {channel} failed in the stack", what=what, channel=channel)
+
+
 # --------------------------------------------------------------------------- UDP
 
 
@@ -124,7 +133,7 @@ class SipDatagramProtocol(DatagramProtocol):
             return
         if message is None:
             return
-        self.receiver.receive(stamped(message, *peer), self.channel_to(peer))
+        _hand_on(self.receiver, stamped(message, *peer), self.channel_to(peer))
 
     def write(self, data: bytes, peer: tuple[str, int]) -> None:
         """Send a datagram; every failure as OSError (the transactions' transport error)."""
@@ -185,7 +194,7 @@ class SipStreamProtocol(StreamProtocol):
         for message in messages:
             if not self.open:
                 return
-            self.receiver.receive(stamped(message, *self.peer), self)
+            _hand_on(self.receiver, stamped(message, *self.peer), self)
 
     def send(self, message: SipMessage) -> None:
         """Write a message on the connection; OSError once it is closed."""
