@@ -384,7 +384,7 @@ def test_a_strict_router_first_gets_the_request_uri():
 
 # ------------------------------------------------------------------------ stateful property
 
-from hypothesis import settings  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule  # noqa: E402
 
@@ -616,3 +616,72 @@ def test_a_2xx_retransmitted_after_we_hung_up_is_acked_not_a_new_call():
     layer.transactions.receive(ok, channel)  # and after Timer M
     assert len(channel.requests("ACK")) == 3
     assert app.events.count(("confirmed", "talk-1")) == 1 and not layer.dialogs
+
+
+class AnswerAll(App):
+    """An application that answers every INVITE 200 and every other request 200."""
+
+    def invite_received(self, transaction, invite):
+        super().invite_received(transaction, invite)
+        assert self.layer is not None
+        self.layer.answer(transaction, contact=PLATFORM)
+
+    def request_received(self, transaction, req):
+        super().request_received(transaction, req)
+        transaction.respond(response_for(req, 200, to_tag="app"))
+
+
+_methods = st.sampled_from(
+    ["INVITE", "ACK", "BYE", "CANCEL", "MESSAGE", "REGISTER", "INFO", "OPTIONS", "FOO", "PRACK"]
+)
+
+
+@st.composite
+def _any_request(draw: st.DrawFn) -> SipRequest:
+    """A request; the same request always has the same branch, another one another branch."""
+    method = draw(_methods)
+    to_tag = draw(st.sampled_from([None, "dev1", "x", "y"]))
+    to = "<sip:34020000002000000001@3402000000>" + (f";tag={to_tag}" if to_tag else "")
+    from_tag = draw(st.sampled_from(["dev1", "y"]))
+    call_id = draw(st.sampled_from(["c1", "c2"]))
+    cseq = f"{draw(st.integers(0, 3))} {method}"
+    branch = "z9hG4bK" + "-".join([method, str(to_tag), from_tag, call_id, cseq.split()[0]])
+    return request(
+        method,
+        PLATFORM,
+        [
+            ("Via", f"SIP/2.0/UDP 192.168.1.64;branch={branch}"),
+            ("From", f"<sip:34020000001320000001@3402000000>;tag={from_tag}"),
+            ("To", to),
+            ("Call-ID", call_id),
+            ("CSeq", cseq),
+        ],
+    )
+
+
+@given(st.lists(st.tuples(_any_request(), st.sampled_from([0.0, 1.0, 40.0])), max_size=25))
+@settings(deadline=None)
+def test_any_sequence_of_requests_is_answered_and_nothing_raises_or_stays(steps):
+    clock = Clock()
+    app = AnswerAll()
+    layer = DialogLayer(clock, app, via=_via, timers=TIMERS)
+    app.layer = layer
+    channel = FakeChannel()
+    for req, later in steps:
+        layer.transactions.receive(req, channel)
+        clock.advance(later)
+        if req.method != "ACK":  # every request has its final answer by now
+            answered = [
+                m
+                for m in channel.sent
+                if isinstance(m, SipResponse)
+                and not m.provisional
+                and m.cseq == req.cseq
+                and m.top_via.branch == req.top_via.branch
+            ]
+            assert answered, req
+    for dialog in list(layer.dialogs.values()):
+        layer.bye(dialog)
+    for _ in range(5):
+        clock.advance(1000)
+    assert not clock.getDelayedCalls() and not layer.dialogs
