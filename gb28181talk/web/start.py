@@ -38,6 +38,7 @@ from gb28181talk.core.udp import DEFAULT_RTCP_TIMEOUT
 from gb28181talk.errors import SessionError
 from gb28181talk.media.framing import Framing
 from gb28181talk.media.law import Law
+from gb28181talk.media.payload import by_payload_type
 from gb28181talk.web import codes
 from gb28181talk.web.common import ApiError
 
@@ -223,6 +224,15 @@ def _params(**fields: Any) -> SessionParams:
         raise invalid(str(error)) from None
 
 
+def _zlm_law(payload_type: int, packaging: Packaging) -> Law:
+    """ZLMediaKit's rule, read from the payload table: raw PT 0 is PCMU, anything else PCMA.
+
+    As in ZLMediaKit, ``use_ps=0`` with the default ``pt=96`` keeps PCMA inside.
+    """
+    raw = by_payload_type(payload_type) if packaging is Packaging.RAW else None
+    return raw.law if raw is not None and raw.law is not None else Law.ALAW
+
+
 # --------------------------------------------------------------------------- the two APIs
 
 
@@ -297,7 +307,7 @@ def parse_zlm_start(args: Mapping[str, Any], wait_timeout: float,
         **transport,
         key=SessionKey(vhost, app, stream, key_ssrc),
         src_port=src_port,
-        law=Law.ULAW if payload_type == 0 and packaging is Packaging.RAW else Law.ALAW,
+        law=_zlm_law(payload_type, packaging),
         payload_type=payload_type,
         packaging=packaging,
         wait_timeout=_close_delay(args, wait_timeout),
