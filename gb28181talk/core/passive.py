@@ -161,13 +161,23 @@ class PassiveTcpTransport(ServerFactory):
         self._waiting = False
         lease, self._lease = self._lease, None
         if lease is not None:
-            self.pool.release(lease)
+            self.pool.release(lease).addCallback(self._port_closed)
+
+    def _port_closed(self, _: object) -> None:
+        """The listening socket is closed: if no device came, nothing will; let go of the host.
+
+        The host (the session) holds this transport, so keeping it would leave the
+        ended session in a reference cycle for the cyclic collector.
+        """
+        if not self._taken:
+            self.host = None
 
     def buildProtocol(self, addr: IAddress) -> TalkProtocol | None:
         """Accept the first device (if it is the expected one); refuse every other connection."""
         peer = (getattr(addr, "host", str(addr)), getattr(addr, "port", 0))
         if not self._waiting or self._taken:
-            self.host.device_refused(peer, "a device is already connected or the session ended")
+            if self.host is not None:  # None: the port is closed and the session let go
+                self.host.device_refused(peer, "a device is already connected or the session ended")
             return None
         expected = self.expected_peer
         if expected and not same_host(expected, peer[0]):
