@@ -534,3 +534,20 @@ def test_shutdown_ends_every_transaction_and_cancels_its_timers():
     layer.shutdown()
     assert not layer.servers and not layer.clients and not clock.getDelayedCalls()
     assert all(tx.terminated for tx in user.servers)
+
+
+def test_a_full_transaction_table_answers_503_statelessly():
+    clock = Clock()
+    user = RecordingUser()
+    layer = TransactionLayer(clock, user, TIMERS, max_server_transactions=2)
+    channel = FakeChannel()
+    for _ in range(4):
+        layer.receive(_request("MESSAGE"), channel)
+    assert len(layer.servers) == 2 and layer.refused_busy == 2
+    assert channel.statuses() == [503, 503]
+    assert channel.sent[0].header("Retry-After") == "5"  # type: ignore[union-attr]
+    for tx in user.servers:
+        tx.respond(response_for(tx.request, 200))
+    _advance_to(clock, 64 * T1)
+    layer.receive(_request("MESSAGE"), channel)  # room again once they end
+    assert len(user.servers) == 3

@@ -21,6 +21,7 @@ answers go where the request came from), which says whether it is reliable.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,10 @@ from gb28181talk.sip.message import (
 )
 
 _log = Logger()
+
+MAX_SERVER_TRANSACTIONS = 50_000
+"""Live server transactions at most (each non-INVITE one lives 64*T1 = 32 s over UDP after
+its answer); past it, new requests get a stateless 503 so a flood cannot grow memory."""
 
 
 @dataclass(frozen=True)
@@ -819,13 +824,21 @@ class TransactionLayer:
     """The transactions of one SIP stack: matches what arrives, starts what the TU sends."""
 
     def __init__(
-        self, clock: IReactorTime, user: ServerUser, timers: Timers | None = None
+        self,
+        clock: IReactorTime,
+        user: ServerUser,
+        timers: Timers | None = None,
+        *,
+        max_server_transactions: int = MAX_SERVER_TRANSACTIONS,
     ) -> None:
         self.clock = clock
         self.user = user
         self.timers = timers or Timers()
+        self.max_server_transactions = max_server_transactions
         self.servers: dict[Key, ServerTransaction] = {}
         self.clients: dict[Key, ClientTransaction] = {}
+        self.refused_busy = 0
+        """New requests answered 503 because the server transaction table was full."""
 
     def receive(self, message: SipMessage, channel: Channel) -> None:
         """A parsed message came in on ``channel``: to its transaction, or to the TU as new."""
@@ -847,6 +860,9 @@ class TransactionLayer:
         if server is not None:
             server.machine.again()
             return
+        if len(self.servers) >= self.max_server_transactions:
+            self._refuse_busy(message, channel)
+            return
         server = ServerTransaction(self, key, message, channel)
         self.servers[key] = server
         if message.method == "INVITE":
@@ -857,6 +873,19 @@ class TransactionLayer:
             server.enter("Trying")
         if not server.terminated:  # the 100 Trying may already have failed to go out
             self.user.request_received(server, message)
+
+    def _refuse_busy(self, req: SipRequest, channel: Channel) -> None:
+        """A flood filled the table: 503 with Retry-After, statelessly (§8.2.6, §21.5.4)."""
+        self.refused_busy += 1
+        if self.refused_busy & (self.refused_busy - 1) == 0:  # 1st, 2nd, 4th, 8th...: one line
+            _log.warn(
+                "SIP server transactions at their cap of {cap}: new requests get 503 "
+                "({count} so far)",
+                cap=self.max_server_transactions,
+                count=self.refused_busy,
+            )
+        with contextlib.suppress(OSError):
+            channel.send(response_for(req, 503, headers=[("Retry-After", "5")]))
 
     def send_request(
         self, req: SipRequest, channel: Channel, user: ClientUser
