@@ -20,7 +20,8 @@ attackers:
                   (item 7);
 ``http-body``     1 GiB bodies without the secret, by Content-Length and chunked (item 6);
 ``http-json``     JSON nested 100,000 deep, lone surrogates in a text field and in the
-                  secret, a query string over 16 KiB (items 9, 8, 12a), in turn.
+                  secret, a query string over 16 KiB (items 9, 8, 12a), in turn;
+``http-benign``   not an attacker: harmless API calls one at a time as fast as answered.
 
 The device side uses the package's device core (`DeviceVoice` packetizes the flood).
 """
@@ -547,14 +548,14 @@ def huge_body(job: dict[str, Any], chunked: bool, seconds: float = 2.0) -> dict[
             "body_bytes_sent": sent, "seconds": round(seconds_taken, 3)}
 
 
-def http_attack(job: dict[str, Any], requests: list[tuple[str, Callable[[], tuple[Any, ...]]]]
-                ) -> dict[str, Any]:
+def http_attack(job: dict[str, Any], requests: list[tuple[str, Callable[[], tuple[Any, ...]]]],
+                rounds_at_most: int = 1000) -> dict[str, Any]:
     """``requests`` (name, call returning (status, code, extras...)) in turn until the
     deadline, at most ``rounds`` times; per name the answers and their latency."""
     deadline = time.monotonic() + job["seconds"]
     seen: dict[str, list[dict[str, Any]]] = {}
     rounds = 0
-    while time.monotonic() < deadline and rounds < job.get("rounds", 1000):
+    while time.monotonic() < deadline and rounds < job.get("rounds", rounds_at_most):
         rounds += 1
         for name, call in requests:
             began = time.monotonic()
@@ -610,6 +611,19 @@ def http_json(job: dict[str, Any]) -> dict[str, Any]:
     ])
 
 
+def http_benign(job: dict[str, Any]) -> dict[str, Any]:
+    """The HTTP attackers' control: harmless calls (health, pool), one at a time as fast as
+    they are answered, so a cost of the request rate is told from one of the hostile input."""
+    api = api_of(job)
+
+    def answer(reply: tuple[int, Any]) -> tuple[Any, ...]:
+        return reply[0], (reply[1] or {}).get("code")
+
+    return http_attack(job, [("health", lambda: answer(api.call("GET", "/api/health"))),
+                             ("pool", lambda: answer(api.call("GET", "/api/pool")))],
+                       rounds_at_most=5000)
+
+
 KINDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "pcma-flood": pcma_flood,
     "tiny-frames": tiny_frames,
@@ -619,6 +633,7 @@ KINDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "wav-loads": wav_loads,
     "http-body": http_body,
     "http-json": http_json,
+    "http-benign": http_benign,
 }
 
 

@@ -58,8 +58,9 @@ from benchlib import (
 from service_load import raise_fd_limit
 
 ATTACKERS = ("pcma-flood", "tiny-frames", "ws-endless", "ws-big", "paused-pusher",
-             "wav-loads", "http-body", "http-json")
-"""In the order they run in each round (benchmarks/attack_kinds.py has each one's story)."""
+             "wav-loads", "http-body", "http-json", "http-benign")
+"""In the order they run in each round (benchmarks/attack_kinds.py has each one's story);
+``http-benign`` is the HTTP attackers' control: harmless calls at the same pace."""
 
 
 def cpu_probe_ms() -> float:
@@ -251,7 +252,7 @@ def attacker_summary(report: dict[str, Any]) -> str:
     if kind == "wav-loads":
         return "; ".join(f"{load['status']}/{load['code']} {load['seconds']} s"
                          for load in report["loads"])
-    if kind in ("http-body", "http-json"):
+    if kind in ("http-body", "http-json", "http-benign"):
         return " ".join(f"{SHORT.get(name, name)}:{','.join(info['answers'])}"
                         for name, info in report["kinds"].items())
     return ""
