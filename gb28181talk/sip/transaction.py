@@ -17,6 +17,8 @@ last response, and hands the transaction user (TU) only what is new: a
 request, a response, an ACK to a 2xx, a timeout.  Messages leave through a
 :class:`Channel` (the connection or datagram peer the request came on, so
 answers go where the request came from), which says whether it is reliable.
+The server table is capped: past ``max_server_transactions`` a new request
+gets a stateless 503 (a flood cannot grow memory).
 """
 
 from __future__ import annotations
