@@ -685,3 +685,21 @@ def test_any_sequence_of_requests_is_answered_and_nothing_raises_or_stays(steps)
     for _ in range(5):
         clock.advance(1000)
     assert not clock.getDelayedCalls() and not layer.dialogs
+
+
+def test_answering_an_invite_already_cancelled_makes_no_dialog_and_sends_nothing():
+    clock, app, layer, channel = _setup()
+    invite = _device_invite()
+    layer.transactions.receive(invite, channel)
+    cancel = request(
+        "CANCEL",
+        invite.uri,
+        [(n, v) for n, v in invite.headers if n in ("Via", "From", "To", "Call-ID")]
+        + [("CSeq", f"{invite.cseq.number} CANCEL")],
+    )
+    layer.transactions.receive(cancel, channel)
+    sent = len(channel.sent)
+    assert layer.answer(app.invites[0], contact=PLATFORM) is None
+    assert len(channel.sent) == sent and not layer.dialogs
+    _run(clock, 100)
+    assert not clock.getDelayedCalls() and channel.requests("BYE") == []

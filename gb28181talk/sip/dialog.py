@@ -340,8 +340,15 @@ class DialogLayer:
         contact: str,
         headers: Iterable[tuple[str, str]] = (),
         body: bytes = b"",
-    ) -> Dialog:
-        """Answer an INVITE with a 2xx: the dialog is made, and the 2xx resent until its ACK."""
+    ) -> Dialog | None:
+        """Answer an INVITE with a 2xx: the dialog is made, and the 2xx resent until its ACK.
+
+        None when the INVITE already has its final answer (it was cancelled, or the
+        transaction failed while the application prepared the session): no dialog,
+        nothing sent; the application releases what it prepared.
+        """
+        if transaction.state != "Proceeding":
+            return None
         invite = transaction.request
         ok = response_for(
             invite,
