@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
 from gb28181talk.errors import WavError
 from gb28181talk.media import g711
@@ -105,12 +106,18 @@ def read_wav_layout(path: str | os.PathLike[str], name: str | None = None) -> Wa
     label = name or os.fsdecode(path)
     try:
         with open(path, "rb") as wav_file:
-            size = os.fstat(wav_file.fileno()).st_size
-            head = wav_file.read(12)
-            _check_riff(head, size, label)
-            fmt, data, cut_in = _find_chunks_in_file(wav_file, size, label)
+            return _read_layout(wav_file, os.fstat(wav_file.fileno()).st_size, label)
     except OSError as error:
         raise WavError(f"{label}: cannot be read: {error.strerror or error}") from error
+
+
+def _read_layout(wav_file: BinaryIO, size: int, label: str) -> WavLayout:
+    """The format and sample span of the WAV file ``wav_file`` of ``size`` bytes, or WavError.
+
+    The one reading of RIFF header, chunks and fmt, for a file on disk and for bytes in memory.
+    """
+    _check_riff(wav_file.read(12), size, label)
+    fmt, data, cut_in = _find_chunks(wav_file, size, label)
     truncated = f" (the file is cut short inside a {cut_in!r} chunk)" if cut_in else ""
     if fmt is None:
         raise WavError(f"{label}: no fmt chunk, so the sample format is unknown{truncated}")
@@ -119,6 +126,7 @@ def read_wav_layout(path: str | os.PathLike[str], name: str | None = None) -> Wa
     sample_rate, channels, encoding = _parse_fmt(fmt, label)
     frame_bytes = channels * (2 if encoding == "pcm16" else 1)
     offset, length = data
+    # A recording cut short may end mid-frame: keep the whole frames.
     return WavLayout(sample_rate, channels, encoding, offset, length - length % frame_bytes)
 
 
@@ -140,10 +148,13 @@ def _check_riff(head: bytes, size: int, label: str) -> None:
         )
 
 
-def _find_chunks_in_file(
-    wav_file: Any, size: int, label: str
+def _find_chunks(
+    wav_file: BinaryIO, size: int, label: str
 ) -> tuple[bytes | None, tuple[int, int] | None, str]:
-    """As :func:`_find_chunks`, seeking from header to header: the data chunk's (offset, size)."""
+    """The first fmt chunk's body, the data chunk's (offset, size), the id of a chunk cut short.
+
+    Seeks from header to header; other chunks (LIST, fact, cue, ...) are skipped.
+    """
     fmt = data = None
     cut_in = ""
     offset = 12
@@ -160,6 +171,7 @@ def _find_chunks_in_file(
                     f"{label}: truncated: the fmt chunk declares {chunk_size} bytes but "
                     f"{size - start} remain"
                 )
+            # Only the first 40 bytes are ever read (WAVE_FORMAT_EXTENSIBLE's length).
             fmt = wav_file.read(min(chunk_size, 4096))
         elif chunk_id == b"data" and data is None:
             # Some recorders never fix up the size (or write 0xFFFFFFFF): take what is there.
@@ -216,58 +228,12 @@ def write_wav(
 
 
 def _parse(blob: bytes, label: str) -> WavAudio:
-    if len(blob) < 12:
-        raise WavError(
-            f"{label}: {len(blob)} bytes is too short for a WAV file (the RIFF header is 12)"
-        )
-    riff, form = blob[0:4], blob[8:12]
-    if riff == b"RIFX":
-        raise WavError(f"{label}: big-endian (RIFX) WAV is not supported; {_TO_16BIT_PCM}")
-    if riff == b"RF64":
-        raise WavError(f"{label}: RF64 (over 4 GiB) WAV is not supported; {_TO_16BIT_PCM}")
-    if riff != b"RIFF" or form != b"WAVE":
-        # Never quote the file's bytes: the path may name any file the service can read.
-        raise WavError(
-            f"{label}: not a RIFF/WAVE file; give a WAV file (16-bit PCM, A-law or µ-law)"
-        )
-    fmt, data, cut_in = _find_chunks(blob, label)
-    truncated = f" (the file is cut short inside a {cut_in!r} chunk)" if cut_in else ""
-    if fmt is None:
-        raise WavError(f"{label}: no fmt chunk, so the sample format is unknown{truncated}")
-    if data is None:
-        raise WavError(f"{label}: no data chunk, so there is no audio{truncated}")
-    sample_rate, channels, encoding = _parse_fmt(fmt, label)
-    frame_bytes = channels * (2 if encoding == "pcm16" else 1)
-    # A recording cut short may end mid-frame: keep the whole frames.
-    data = data[: len(data) - len(data) % frame_bytes]
-    return WavAudio(sample_rate, channels, encoding, data)
-
-
-def _find_chunks(blob: bytes, label: str) -> tuple[bytes | None, bytes | None, str]:
-    """The first fmt and data chunk bodies, and the id of a chunk the file ends inside.
-
-    Other chunks (LIST, fact, cue, ...) are skipped.
-    """
-    fmt = data = None
-    cut_in = ""
-    offset = 12
-    while offset + 8 <= len(blob):
-        chunk_id, size = struct.unpack_from("<4sI", blob, offset)
-        start, end = offset + 8, offset + 8 + size
-        if chunk_id == b"fmt " and fmt is None:
-            if end > len(blob):
-                raise WavError(
-                    f"{label}: truncated: the fmt chunk declares {size} bytes but "
-                    f"{len(blob) - start} remain"
-                )
-            fmt = blob[start:end]
-        elif chunk_id == b"data" and data is None:
-            # Some recorders never fix up the size (or write 0xFFFFFFFF): take what is there.
-            data = blob[start:end]
-        elif end > len(blob):
-            cut_in = chunk_id.decode("latin-1") if _CHUNK_ID.fullmatch(chunk_id) else "unknown"
-        offset = end + (size & 1)  # chunks are padded to an even length
-    return fmt, data, cut_in
+    """The audio of a whole WAV file held in memory, read as :func:`read_wav_layout` reads one."""
+    layout = _read_layout(io.BytesIO(blob), len(blob), label)
+    end = layout.data_offset + layout.data_bytes
+    return WavAudio(
+        layout.sample_rate, layout.channels, layout.encoding, blob[layout.data_offset : end]
+    )
 
 
 def _parse_fmt(fmt: bytes, label: str) -> tuple[int, int, str]:
