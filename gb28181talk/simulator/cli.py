@@ -235,6 +235,8 @@ class Run:
 
         def release() -> None:
             if not done.called:
+                for ua in self.devices:
+                    ua.close()
                 done.callback(None)
 
         timer = self.reactor.callLater(STOP_GRACE_SECONDS, release)

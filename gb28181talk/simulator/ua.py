@@ -548,6 +548,16 @@ class DeviceUA:
             self.unregistered.callback(None)
         return self.unregistered
 
+    def close(self) -> None:
+        """Drop every transaction and timer now (after :meth:`stop`, before the socket closes)."""
+        self.stopping = True
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        self._cancel_refresh()
+        for call_id in list(self.calls):
+            self._call_over(call_id, "closed")
+        self.layer.transactions.shutdown()
+
     def pending_timers(self) -> list[Any]:
         """The SIP layer's timers still to fire (tests check nothing leaks)."""
         return self.layer.pending_timers()
