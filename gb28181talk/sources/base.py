@@ -30,6 +30,16 @@ def source_key(app: str, stream: str) -> str:
     return f"{app}/{stream}"
 
 
+def source_description(source: Any) -> dict[str, Any]:
+    """The fields every kind's ``describe()`` starts with: app, stream, kind and ended."""
+    return {
+        "app": source.app,
+        "stream": source.stream,
+        "kind": source.kind,
+        "ended": source.ended,
+    }
+
+
 # ------------------------------------------------------------------ API body fields
 
 

@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from gb28181talk.errors import FileMemoryFull, FileTooLargeForMemory, MediaError, SourceError
 from gb28181talk.interfaces import FRAME_BYTES, FRAME_MS, SAMPLE_RATE, IAudioSource
-from gb28181talk.sources.base import BYTES_PER_MS, SILENT_FRAME, string_field
+from gb28181talk.sources.base import BYTES_PER_MS, SILENT_FRAME, source_description, string_field
 
 SPEC_FIELDS = ("path", "loop")
 """The API body's fields of a ``file`` source, beside app, stream and kind."""
@@ -396,10 +396,7 @@ class FileSource:
     def describe(self) -> dict[str, Any]:
         """App, stream, kind, path, loop and the play position."""
         return {
-            "app": self.app,
-            "stream": self.stream,
-            "kind": self.kind,
-            "ended": self.ended,
+            **source_description(self),
             "path": self.path,
             "loop": self.loop,
             "duration_ms": self.duration_ms,

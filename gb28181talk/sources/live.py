@@ -15,7 +15,13 @@ from zope.interface import implementer
 
 from gb28181talk.errors import SourceError
 from gb28181talk.interfaces import FRAME_BYTES, FRAME_MS, ILiveSource
-from gb28181talk.sources.base import BYTES_PER_MS, SILENT_FRAME, integer_field, ms_to_bytes
+from gb28181talk.sources.base import (
+    BYTES_PER_MS,
+    SILENT_FRAME,
+    integer_field,
+    ms_to_bytes,
+    source_description,
+)
 
 LIVE_SPEC_FIELDS = ("max_backlog_ms", "prefill_ms")
 """The API body's backlog fields every live kind (push, rtp) takes."""
@@ -198,10 +204,7 @@ class LiveSource:
     def describe(self) -> dict[str, Any]:
         """App, stream, kind, backlog settings and the live counters."""
         return {
-            "app": self.app,
-            "stream": self.stream,
-            "kind": self.kind,
-            "ended": self.ended,
+            **source_description(self),
             "max_backlog_ms": self.max_backlog_ms,
             "prefill_ms": self.prefill_ms,
             "backlog_ms": self.backlog_ms,

@@ -11,7 +11,7 @@ from zope.interface import implementer
 
 from gb28181talk.errors import SourceError
 from gb28181talk.interfaces import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, IAudioSource
-from gb28181talk.sources.base import number_field
+from gb28181talk.sources.base import number_field, source_description
 
 SPEC_FIELDS = ("frequency", "amplitude", "duration")
 """The API body's fields of a ``tone`` source, beside app, stream and kind."""
@@ -96,10 +96,7 @@ class ToneSource:
     def describe(self) -> dict[str, Any]:
         """App, stream, kind, the tone's options and how much has been read."""
         return {
-            "app": self.app,
-            "stream": self.stream,
-            "kind": self.kind,
-            "ended": self.ended,
+            **source_description(self),
             "frequency": self.frequency,
             "amplitude": self.amplitude,
             "duration": self.duration,
