@@ -101,8 +101,8 @@ class Platform:
         self.invites: list = []
         self.confirmed: list = []
         self.ended: list[str] = []
-        self.answer_port = 30000
-        self.answer_ssrc: int | None = None
+        self.registered: dict[str, object] = {}
+        """Device id -> the channel its accepted REGISTER came on."""
 
     def request_received(self, transaction, req):
         self.requests.append(req)
@@ -110,9 +110,10 @@ class Platform:
             authorization = req.header("Authorization")
             verdict = None
             if authorization:
-                verdict = self.registrar.check(authorization, "REGISTER", {DEVICE_ID: PASSWORD}.get)
+                verdict = self.registrar.check(authorization, "REGISTER", lambda user: PASSWORD)
                 self.verdicts.append(verdict.reason)
             if verdict is not None and verdict.ok:
+                self.registered[verdict.username or ""] = transaction.channel
                 transaction.respond(response_for(
                     req, 200, to_tag="reg", headers=[("Expires", req.header("Expires") or "0")]
                 ))
