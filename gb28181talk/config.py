@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from gb28181talk.core.ports import DEFAULT_PORT_RANGE, parse_port_range
 from gb28181talk.errors import GbTalkError, PortError
+from gb28181talk.sip.transport import parse_udp
 from gb28181talk.sources.file import DEFAULT_FILE_MEMORY
 from gb28181talk.web.zlm_node import DEFAULT_ALIVE_INTERVAL, DEFAULT_SCHEMAS, SCHEMA
 
@@ -27,6 +28,10 @@ DEFAULT_API = "tcp:8080:interface=127.0.0.1"
 DEFAULT_WAIT_TIMEOUT = 5.0
 MAX_WAIT_TIMEOUT = 3600.0
 DEFAULT_SERVER_ID = "gbtalk"
+DEFAULT_SIP_ID = "34020000002000000001"
+"""The platform's 20-digit GB28181 ID (type 200: a SIP server) when --sip-id is not given."""
+DEFAULT_KEEPALIVE_EXPIRY = 180.0
+"""Seconds without a keepalive before a device is offline: 3 x GB28181's 60 s interval."""
 
 OPTION_NAMES = (
     "api",
@@ -43,8 +48,18 @@ OPTION_NAMES = (
     "alive-interval",
     "stream-schemas",
     "node-hooks",
+    "sip",
+    "sip-id",
+    "sip-domain",
+    "sip-password",
+    "sip-advertise",
+    "keepalive-expiry",
+    "sip-passwords",
 )
-"""Options readable from the command line and the TOML file, in help order."""
+"""Options readable from the command line and the TOML file, in help order.
+
+``sip`` is repeatable (a list in TOML); ``sip-passwords`` is a TOML table only
+(``[sip-passwords]`` with ``"<device id>" = "<password>"`` lines)."""
 
 
 class ConfigError(GbTalkError):
@@ -69,6 +84,17 @@ class ServiceConfig:
     alive_interval: float = DEFAULT_ALIVE_INTERVAL
     stream_schemas: tuple[str, ...] = DEFAULT_SCHEMAS
     node_hooks: bool = False
+    sip: tuple[str, ...] = ()
+    """SIP listeners (``udp:5060``, ``tcp:5060``, ``ssl:5061:...``); none: SIP is off."""
+    sip_id: str = DEFAULT_SIP_ID
+    sip_domain: str = DEFAULT_SIP_ID[:10]
+    sip_password: str = ""
+    """The devices' default digest password; empty: devices register without digest."""
+    sip_advertise: str | None = None
+    """Address in our Contact/Via and SDP; None: the advertise IP."""
+    keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY
+    sip_passwords: tuple[tuple[str, str], ...] = ()
+    """Per-device passwords (device id, password), from the config file's [sip-passwords]."""
 
 
 def load_toml(path: str) -> dict[str, Any]:
@@ -133,7 +159,100 @@ def build_config(
         alive_interval=_alive_interval(merged.get("alive-interval")),
         stream_schemas=_stream_schemas(merged.get("stream-schemas")),
         node_hooks=_yes_no(merged, "node-hooks"),
+        **_sip_settings(merged),
     )
+
+
+# --------------------------------------------------------------------------- SIP
+
+
+def _sip_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The SIP options, checked: endpoints, IDs, passwords, advertised address, expiry."""
+    sip_id = _digits(values, "sip-id", 20, DEFAULT_SIP_ID)
+    return {
+        "sip": _sip_endpoints(values.get("sip")),
+        "sip_id": sip_id,
+        "sip_domain": _digits(values, "sip-domain", 10, sip_id[:10]),
+        "sip_password": _password(values.get("sip-password"), "--sip-password"),
+        "sip_advertise": _address(values, "sip-advertise", allow_empty=False),
+        "keepalive_expiry": _keepalive_expiry(values.get("keepalive-expiry")),
+        "sip_passwords": _sip_passwords(values.get("sip-passwords")),
+    }
+
+
+def _sip_endpoints(value: Any) -> tuple[str, ...]:
+    """``udp:PORT[:interface=ADDR]`` or a Twisted stream server endpoint, one or many."""
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ConfigError(f"--sip must be an endpoint such as udp:5060 or tcp:5060, not {value!r}")
+    endpoints = []
+    for item in items:
+        text = item.strip()
+        kind = text.split(":", 1)[0].lower()
+        if kind == "udp":
+            try:
+                parse_udp(text)
+            except ValueError as error:
+                raise ConfigError(f"--sip {error}; e.g. udp:5060") from None
+        elif kind not in ("tcp", "tcp6", "ssl", "unix") or ":" not in text:
+            raise ConfigError(
+                f"--sip {item!r} is not a SIP endpoint; give udp:PORT, tcp:PORT or "
+                "ssl:PORT:privateKey=key.pem:certKey=cert.pem"
+            )
+        endpoints.append(text)
+    return tuple(dict.fromkeys(endpoints))
+
+
+def _digits(values: Mapping[str, Any], name: str, count: int, default: str) -> str:
+    value = values.get(name, default)
+    text = str(value).strip() if isinstance(value, str | int) and not isinstance(value, bool) \
+        else None
+    if text is None or len(text) != count or not text.isdigit() or not text.isascii():
+        example = DEFAULT_SIP_ID[:count]
+        raise ConfigError(f"--{name} must be {count} digits, e.g. {example}, not {value!r}")
+    return text
+
+
+def _password(value: Any, what: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
+        raise ConfigError(f"{what} must be text on one line, not {value!r}")
+    return value
+
+
+def _keepalive_expiry(value: Any) -> float:
+    if value is None:
+        return DEFAULT_KEEPALIVE_EXPIRY
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or not 1 <= seconds <= 86400:
+        raise ConfigError(
+            f"--keepalive-expiry {value!r} is not usable; give the seconds without a keepalive "
+            f"before a device is offline, 1 to 86400 [default: {DEFAULT_KEEPALIVE_EXPIRY:g}]"
+        )
+    return seconds
+
+
+def _sip_passwords(value: Any) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            'sip-passwords must be a TOML table: [sip-passwords] "<device id>" = "<password>"'
+        )
+    pairs = []
+    for device_id, password in value.items():
+        if not (isinstance(device_id, str) and len(device_id) == 20 and device_id.isdigit()):
+            raise ConfigError(f"sip-passwords: {device_id!r} is not a 20-digit device id")
+        pairs.append((device_id, _password(password, f"sip-passwords {device_id}")))
+    return tuple(pairs)
 
 
 # --------------------------------------------------------------------------- endpoint strings

@@ -13,6 +13,9 @@ order they were added and stop one at a time in the reverse order:
 2. ``webhooks``: at stop, waits up to :data:`HOOK_DRAIN_SECONDS` for the
    last webhooks (their URLs come from ``--hook-url`` or a platform's
    ``setServerConfig``);
+   with ``--sip``, then ``SIP`` (at stop, ends the SIP transactions and the
+   registry's timers) and one ``SIP <UDP|TCP|SSL> <endpoint>`` listener per
+   ``--sip``: before the talk sessions, so they stop after them (BYEs go out);
 3. ``talk sessions``: at stop, ends every talk session with reason
    ``shutdown`` and waits for its talk port to close;
 4. ``node events``: ZLMediaKit's ``on_server_started`` (a reactor turn after
@@ -49,7 +52,9 @@ from twisted.python.failure import Failure
 
 from gb28181talk.config import (
     DEFAULT_API,
+    DEFAULT_KEEPALIVE_EXPIRY,
     DEFAULT_SERVER_ID,
+    DEFAULT_SIP_ID,
     DEFAULT_WAIT_TIMEOUT,
     OPTION_NAMES,
     ConfigError,
@@ -62,6 +67,9 @@ from gb28181talk.core.observers import LoggingObserver
 from gb28181talk.core.pacer import Pacer
 from gb28181talk.core.ports import DEFAULT_PORT_RANGE, PortPool, warn_ephemeral_overlap
 from gb28181talk.core.talk import TalkControl
+from gb28181talk.sip.platform import SipPlatform
+from gb28181talk.sip.registry import Registry
+from gb28181talk.sip.transport import listen_sip
 from gb28181talk.sources.file import DEFAULT_FILE_MEMORY
 from gb28181talk.sources.registry import SourceRegistry
 from gb28181talk.web.common import Authenticator
@@ -134,7 +142,25 @@ class Options(usage.Options):
          "yes: also POST on_server_started, on_server_keepalive and on_stream_changed to "
          "<--hook-url>/<name>, so a ZLMediaKit-speaking platform adopts this node after "
          "every restart [default: no]."],
+        ["sip-id", None, None,
+         f"The platform's 20-digit GB28181 ID [default: {DEFAULT_SIP_ID}]."],
+        ["sip-domain", None, None,
+         "The 10-digit SIP domain (digest realm) [default: the first 10 digits of --sip-id]."],
+        ["sip-password", None, None,
+         "Devices' default digest password (per device: [sip-passwords] in the config file) "
+         "[default: empty, devices register without digest]."],
+        ["sip-advertise", None, None,
+         "Address devices reach our SIP and media at (Contact, Via, SDP) "
+         "[default: the advertise IP]."],
+        ["keepalive-expiry", None, None,
+         "Seconds without a keepalive before a device is offline "
+         f"[default: {DEFAULT_KEEPALIVE_EXPIRY:g}, 3 x the 60 s keepalive interval]."],
     ]
+
+    def opt_sip(self, endpoint: str) -> None:
+        """SIP listener, repeatable: udp:5060, tcp:5060, ssl:5061:privateKey=...
+        [default: none, SIP is off]."""
+        self.setdefault("sip", []).append(endpoint)
 
     exit_on_error = True
     """Print one line and exit 2 on a bad option (False: raise usage.UsageError, for tests)."""
@@ -164,13 +190,17 @@ class Options(usage.Options):
             api = self["api"] or file_values.get("api") or DEFAULT_API
             if isinstance(api, str):
                 check_endpoint(api)
-            self.config = build_config({name: self[name] for name in OPTION_NAMES}, file_values)
+            self.config = build_config({name: self.get(name) for name in OPTION_NAMES},
+                                       file_values)
+            for sip in self.config.sip:
+                if not sip.lower().startswith("udp:"):
+                    check_endpoint(sip, option="--sip")
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
 
 
-def check_endpoint(description: str, reactor: Any = None) -> None:
-    """Build the API endpoint once now, so a bad string or TLS file is an option error."""
+def check_endpoint(description: str, reactor: Any = None, option: str = "--api") -> None:
+    """Build an endpoint once now, so a bad string or TLS file is an option error."""
     if reactor is None:
         from twisted.internet import reactor
     try:
@@ -178,7 +208,7 @@ def check_endpoint(description: str, reactor: Any = None) -> None:
     except Exception as error:  # ValueError, KeyError, OpenSSL and file errors alike
         detail = str(error) or type(error).__name__
         raise ConfigError(
-            f"--api {description!r} is not a usable Twisted server endpoint: {detail} "
+            f"{option} {description!r} is not a usable Twisted server endpoint: {detail} "
             "(e.g. tcp:8080:interface=127.0.0.1 or ssl:8443:privateKey=key.pem:certKey=cert.pem)"
         ) from None
 
@@ -354,13 +384,33 @@ class GbTalkService(MultiService):
         self.manager.add_observer(self.hooks)
         self.metrics = Metrics(self.manager, self.registry, self.hooks)
         self.manager.add_observer(self.metrics)
+        # GB28181 over SIP (--sip): the platform's TU and its registrar; None when SIP is off.
+        self.sip: SipPlatform | None = None
+        self.devices: Registry | None = None
+        if config.sip:
+            self.sip = SipPlatform(reactor, platform_id=config.sip_id, domain=config.sip_domain,
+                                   advertise=config.sip_advertise or self.advertise_ip)
+            self.devices = Registry(self.sip, passwords=dict(config.sip_passwords),
+                                    default_password=config.sip_password,
+                                    keepalive_expiry=config.keepalive_expiry)
+            self.metrics.devices = self.devices
         auth = Authenticator(config.secret)
         self.site = build_site(
-            build_root(auth, self.control, self.metrics, reactor, config.wait_timeout, self.node)
+            build_root(auth, self.control, self.metrics, reactor, config.wait_timeout, self.node,
+                       devices=self.devices)
         )
         self.exit_on_start_failure = exit_on_start_failure
         ShutdownStep("sources", self._close_sources).setServiceParent(self)
         ShutdownStep("webhooks", self._drain_hooks).setServiceParent(self)
+        # SIP stops after the talk sessions end (their BYEs still go out), before the webhooks.
+        self.sip_services: list[ListeningService] = []
+        if self.sip is not None:
+            ShutdownStep("SIP", self._stop_sip).setServiceParent(self)
+            self.sip_services = [
+                self.add_listener(f"SIP {sip.split(':', 1)[0].upper()}", sip,
+                                  partial(listen_sip, reactor, sip, self.sip.transactions))
+                for sip in config.sip
+            ]
         ShutdownStep("talk sessions", self._end_sessions).setServiceParent(self)
         # Before the listeners, so it stops after them (no keepalive says "up" once the API
         # is closed); it sends on_server_started a turn after start, once the API listens.
@@ -482,6 +532,13 @@ class GbTalkService(MultiService):
         log.info("shutting down: ending {count} talk session(s) with reason shutdown", count=live)
         self.control.rtp_servers.close_all()  # their ports too, before the pool is awaited
         await self.manager.shutdown()
+
+    async def _stop_sip(self) -> None:
+        """End the SIP transactions and the registry's timers (the listeners are closed)."""
+        if self.devices is not None:
+            self.devices.shutdown()
+        if self.sip is not None:
+            self.sip.shutdown()
 
     async def _drain_hooks(self) -> None:
         """Wait briefly for the webhooks in flight (the ``shutdown`` endings among them)."""

@@ -94,6 +94,8 @@ class Metrics:
         self.registry = registry
         self.hooks = hooks
         self.open_file_limit = open_file_limit
+        self.devices: Any = None
+        """The SIP registry (``registered`` and ``online`` counts), None when SIP is off."""
         self.started = 0
         self.connected = 0
         self.refused = 0
@@ -166,6 +168,11 @@ class Metrics:
                         [({"result": "delivered"}, self.hooks.delivered),
                          ({"result": "failed"}, self.hooks.failed),
                          ({"result": "dropped"}, self.hooks.dropped)])
+        if self.devices is not None:
+            page.single("gbtalk_sip_devices_registered", "gauge",
+                        "GB28181 devices registered over SIP.", self.devices.registered)
+            page.single("gbtalk_sip_devices_online", "gauge",
+                        "Registered devices whose keepalives are on time.", self.devices.online)
         if self.open_file_limit is not None:
             page.single("gbtalk_open_file_limit", "gauge",
                         "Open-file limit of the process (each talk port uses one).",

@@ -23,6 +23,7 @@ from gb28181talk.web.common import (
     RequestArgs,
     TextReply,
 )
+from gb28181talk.web.devices import DeviceDirectory, DevicesResource
 from gb28181talk.web.metrics import CONTENT_TYPE, Metrics
 from gb28181talk.web.native import NativeApi
 from gb28181talk.web.push import PushResource
@@ -74,8 +75,10 @@ class RootResource(JsonResource):
 def build_root(
     auth: Authenticator, control: TalkControl, metrics: Metrics, reactor: Any,
     wait_timeout: float, node: NodeSettings | None = None,
+    devices: DeviceDirectory | None = None,
 ) -> Resource:
-    """The whole resource tree of the service (``node``: the ZLMediaKit settings, else defaults)."""
+    """The whole resource tree of the service (``node``: the ZLMediaKit settings, else defaults;
+    ``devices``: the SIP registry behind ``/api/devices``, None when SIP is off)."""
     root = RootResource(auth)
     for own_name in (control.advertise_ip, control.manager.pool.interface):
         if own_name:
@@ -93,8 +96,9 @@ def build_root(
         zlm_api.putChild(name.encode("ascii"), rtp_endpoint(auth, control, wait_timeout))
     index.putChild(b"api", zlm_api)
     root.putChild(b"index", _Branch(auth, index))
-    root.putChild(b"api", NativeApi(auth, control, reactor, wait_timeout,
-                                    push=PushResource(control.registry)))
+    native = NativeApi(auth, control, reactor, wait_timeout, push=PushResource(control.registry))
+    native.putChild(b"devices", DevicesResource(auth, devices))
+    root.putChild(b"api", native)
     root.putChild(b"metrics", MetricsResource(auth, metrics))
     return root
 
