@@ -7,8 +7,10 @@ digest registrar and answers what the device sends; media sockets are a MemoryRe
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 
+from gb28181talk.media.framing import FrameDecoder, Framing
+from gb28181talk.media.rtp import parse_rtp
 from gb28181talk.signalling.manscdp import (
     BroadcastNotify,
     BroadcastResponse,
@@ -427,3 +429,68 @@ def test_talk_over_udp_listens_and_answers_its_port():
 def test_rtcp_receiver_report_is_8_bytes_of_rtcp():
     report = receiver_report(0x01020304)
     assert len(report) == 8 and report[0] == 0x80 and report[1] == 201
+
+
+def _talking(quirks: Quirks, seconds: float = 0.1):
+    """A talk call whose dial is completed on a StringTransport; what it wrote after ``seconds``."""
+    clock, _platform, p_layer, ua, _to_platform, to_device, _ = _register(quirks=quirks)
+    _talk_invite(p_layer, to_device, _talk_offer("passive"))
+    _pump(clock)
+    _host, _port, factory, *_ = clock.tcpClients[0]
+    protocol = factory.buildProtocol(IPv4Address("TCP", "192.168.1.10", 31000))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    for _ in range(int(seconds / 0.02) + 1):
+        clock.advance(0.02)
+    return ua, transport.value()
+
+
+def _frames(data: bytes) -> list[bytes]:
+    decoder = FrameDecoder()
+    return decoder.feed(data)
+
+
+def test_talk_back_is_rfc4571_framed_pcma_with_the_y_ssrc():
+    _ua, data = _talking(Quirks())
+    frames = _frames(data)
+    assert data[2] == 0x80  # a 2-byte length, then RTP version 2
+    packets = [parse_rtp(f) for f in frames]
+    assert len(packets) >= 4
+    assert {p.ssrc for p in packets} == {100000123} and {p.payload_type for p in packets} == {8}
+    assert [p.sequence for p in packets] == list(range(len(packets)))
+
+
+def test_no_prefix_quirk_sends_raw_rtp_back_to_back():
+    _ua, data = _talking(Quirks(no_prefix=True))
+    assert data[0] == 0x80
+    decoder = FrameDecoder(Framing.NONE)
+    packets = [parse_rtp(f) for f in decoder.feed(data) + decoder.flush()]
+    assert len(packets) >= 4 and {len(p.payload) for p in packets} == {160}
+
+
+def test_ps_voice_quirk_sends_program_stream_as_payload_type_96():
+    _ua, data = _talking(Quirks(ps_voice=True))
+    packets = [parse_rtp(f) for f in _frames(data)]
+    assert {p.payload_type for p in packets} == {96}
+    assert packets[0].payload.startswith(b"\x00\x00\x01\xba")  # a PS pack header
+
+
+def test_rtcp_quirk_sends_receiver_reports_on_the_connection():
+    _ua, data = _talking(Quirks(rtcp=True), seconds=5.1)
+    reports = [f for f in _frames(data) if f[1] == 201]
+    assert reports == [receiver_report(100000123)]
+
+
+def test_slow_read_quirk_keeps_the_connection_paused_but_for_short_windows():
+    clock, _platform, p_layer, _ua, _tp, to_device, _ = _register(quirks=Quirks(slow_read=True))
+    _talk_invite(p_layer, to_device, _talk_offer("passive"))
+    _pump(clock)
+    factory = clock.tcpClients[0][2]
+    protocol = factory.buildProtocol(IPv4Address("TCP", "192.168.1.10", 31000))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    assert transport.producerState == "paused"
+    clock.advance(2.0)
+    assert transport.producerState == "producing"
+    clock.advance(0.01)
+    assert transport.producerState == "paused"
