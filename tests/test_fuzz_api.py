@@ -16,34 +16,23 @@ from __future__ import annotations
 
 import json
 import tempfile
-from io import BytesIO
-from typing import Any
 from urllib.parse import quote, urlencode
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from twisted.logger import globalLogPublisher
-from twisted.web.server import Request
-from twisted.web.test.requesthelper import DummyChannel
 
-from gb28181talk.core.manager import SessionManager
 from gb28181talk.core.params import SessionState
-from gb28181talk.core.ports import PortPool
-from gb28181talk.core.talk import TalkControl
-from gb28181talk.sources.registry import SourceRegistry
-from gb28181talk.sources.tone import ToneSource
-from gb28181talk.testing import BusyPortsReactor
 from gb28181talk.web import codes
-from gb28181talk.web.common import Authenticator
-from gb28181talk.web.metrics import Metrics
-from gb28181talk.web.root import build_root, build_site
 from gb28181talk.web.start import NATIVE_FIELDS
+from tests.fuzzing import (
+    DOCUMENTED_CODES,
+    INTERNAL_ERROR,
+    SECRET,
+    InMemoryApi,
+    failures_forbidden,
+)
 from tests.test_fuzz_session import budget
 
-SECRET = "s3cret"
-DOCUMENTED_CODES = {codes.SUCCESS, codes.OTHER_FAILED, codes.AUTH_FAILED, codes.INVALID_ARGS,
-                    codes.EXCEPTION, codes.NOT_FOUND}
-INTERNAL_ERROR = "internal error"
 ZLM = "/index/api/"
 PATHS = [
     ZLM + "startSendRtpPassive", ZLM + "stopSendRtp", ZLM + "listRtpSender",
@@ -132,76 +121,18 @@ def requests(draw: st.DrawFn) -> tuple[bytes, bytes, bytes, dict[bytes, bytes]]:
     return method, uri, body, headers
 
 
-class Service:
-    """The resource tree over a memory reactor, with one tone source broadcast/tone."""
-
-    def __init__(self, secret: str | None, media_dir: str) -> None:
-        self.reactor = BusyPortsReactor()
-        self.manager = SessionManager(self.reactor, PortPool(self.reactor, 30000, 30005))
-        self.registry = SourceRegistry(media_root=media_dir)
-        self.registry.add(ToneSource("broadcast", "tone"))
-        control = TalkControl(self.reactor, self.manager, self.registry,
-                              advertise_ip="127.0.0.1")
-        metrics = Metrics(self.manager, self.registry, None)
-        self.site = build_site(build_root(Authenticator(secret), control, metrics, self.reactor,
-                                          5.0))
-
-    def request(self, method: bytes, uri: bytes, body: bytes,
-                headers: dict[bytes, bytes]) -> tuple[int, dict[str, str], bytes]:
-        """Serve one request in memory; (status, headers, body) of the answer."""
-        channel = DummyChannel()
-        channel.site = self.site
-        request = Request(channel)
-        request.content = BytesIO(body)
-        for name, value in headers.items():
-            request.requestHeaders.addRawHeader(name, value)
-        request.requestHeaders.addRawHeader(b"content-length", str(len(body)).encode())
-        request.requestReceived(method, uri, b"HTTP/1.1")
-        return parse_response(channel.transport.written.getvalue())
-
-
-def parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    if headers.get("transfer-encoding") == "chunked":
-        decoded = b""
-        while body:
-            size_line, _, body = body.partition(b"\r\n")
-            size = int(size_line, 16)
-            if not size:
-                break
-            decoded, body = decoded + body[:size], body[size + 2 :]
-        body = decoded
-    return status, headers, body
-
-
 @settings(max_examples=budget(120), suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(batch=st.lists(requests(), min_size=1, max_size=5), secret=st.sampled_from([None, SECRET]))
 def test_any_request_gets_a_documented_json_answer(
     batch: list[tuple[bytes, bytes, bytes, dict[bytes, bytes]]], secret: str | None
 ) -> None:
-    failures: list[dict[str, Any]] = []
-
-    def observe(log_event: dict[str, Any]) -> None:
-        if "log_failure" in log_event:
-            failures.append(log_event)
-
     with tempfile.TemporaryDirectory() as media_dir:
-        service = Service(secret, media_dir)
-        globalLogPublisher.addObserver(observe)
-        try:
+        service = InMemoryApi(secret, media_dir)
+        with failures_forbidden():
             for method, uri, body, headers in batch:
                 status, reply_headers, reply = service.request(method, uri, body, headers)
                 check_answer(method, uri, status, reply_headers, reply)
                 check_pool(service)
-        finally:
-            globalLogPublisher.removeObserver(observe)
-        assert not failures, [event.get("log_failure") for event in failures]
         for session in service.manager.sessions():
             session.stop()
         assert service.manager.pool.leased_count == 0
@@ -235,7 +166,7 @@ def check_answer(method: bytes, uri: bytes, status: int, headers: dict[str, str]
         assert 400 <= status < 600, (status, reply)
 
 
-def check_pool(service: Service) -> None:
+def check_pool(service: InMemoryApi) -> None:
     """One lease per listening session, none for anything else."""
     listening = sum(1 for session in service.manager.sessions()
                     if session.state is SessionState.LISTENING)

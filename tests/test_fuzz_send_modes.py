@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import struct
 import tempfile
-from io import BytesIO
 from typing import Any
 from urllib.parse import urlencode
 
@@ -29,22 +28,11 @@ from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.web.server import Request
-from twisted.web.test.test_web import DummyChannel
 
-from gb28181talk.core.manager import SessionManager
-from gb28181talk.core.ports import PortPool
 from gb28181talk.core.rtp_server import TCP_PASSIVE, UDP
-from gb28181talk.core.talk import TalkControl
-from gb28181talk.sources.registry import SourceRegistry
-from gb28181talk.sources.tone import ToneSource
 from gb28181talk.web import codes
-from gb28181talk.web.common import Authenticator
-from gb28181talk.web.metrics import Metrics
-from gb28181talk.web.root import build_root, build_site
-from tests.test_fuzz_api import DOCUMENTED_CODES, SECRET, parse_response
+from tests.fuzzing import SECRET, InMemoryApi, answer_on, failures_forbidden, zlm_reply
 from tests.test_fuzz_session import budget
 from tests.test_talk_transports import UdpReactor
 
@@ -69,38 +57,24 @@ names = st.one_of(st.sampled_from(PARAMETERS), st.sampled_from(PARAMETERS).map(s
                   st.text(max_size=8))
 
 
-class Service:
-    """The resource tree over a memory reactor with UDP, one tone source broadcast/tone."""
+class Service(InMemoryApi):
+    """The in-memory API with UDP in memory too and devices that answer its connects."""
+
+    reactor: UdpReactor
 
     def __init__(self, secret: str | None, media_dir: str) -> None:
-        self.reactor = UdpReactor()
-        self.manager = SessionManager(self.reactor, PortPool(self.reactor, 30000, 30005),
-                                      direct_send=False)
-        self.registry = SourceRegistry(media_root=media_dir)
-        self.registry.add(ToneSource("broadcast", "tone"))
-        self.control = TalkControl(self.reactor, self.manager, self.registry,
-                                   advertise_ip="127.0.0.1")
-        metrics = Metrics(self.manager, self.registry, None)
-        self.site = build_site(build_root(Authenticator(secret), self.control, metrics,
-                                          self.reactor, 5.0))
+        super().__init__(secret, media_dir, UdpReactor(), direct_send=False)
         self.dials = 0
 
     def request(self, method: bytes, uri: bytes, body: bytes, headers: dict[bytes, bytes],
-                accept: bool) -> tuple[int, dict[str, str], bytes]:
+                accept: bool = True) -> tuple[int, dict[str, str], bytes]:
         """Serve one request; a connect it makes is accepted or refused, as ``accept`` says."""
-        channel = DummyChannel()
-        channel.site = self.site
-        request = Request(channel)
-        request.content = BytesIO(body)
-        for name, value in headers.items():
-            request.requestHeaders.addRawHeader(name, value)
-        request.requestHeaders.addRawHeader(b"content-length", str(len(body)).encode())
-        request.requestReceived(method, uri, b"HTTP/1.1")
+        channel = self.deliver(method, uri, body, headers)
         self.answer_dials(accept)
         if accept:
             self.devices_speak()
         self.reactor.advance(0.1)
-        return parse_response(channel.transport.written.getvalue())
+        return answer_on(channel)
 
     def devices_speak(self) -> None:
         """A device reaches every open RTP server (datagram or connection) and sends RTP."""
@@ -167,15 +141,7 @@ def requests(draw: st.DrawFn) -> tuple[bytes, bytes, bytes, dict[bytes, bytes], 
 
 def answer(service: Service, method: bytes, uri: bytes, body: bytes,
            headers: dict[bytes, bytes], accept: bool = True) -> dict[str, Any]:
-    status, reply_headers, raw = service.request(method, uri, body, headers, accept)
-    assert status == 200, "ZLMediaKit's API answers HTTP 200 with the code in the body"
-    assert reply_headers["content-type"].startswith("application/json")
-    reply = json.loads(raw)
-    assert reply["code"] in DOCUMENTED_CODES, reply
-    assert "internal error" not in str(reply.get("msg", ""))
-    if reply["code"] != codes.SUCCESS:
-        assert isinstance(reply.get("msg"), str) and reply["msg"]
-    return dict(reply)
+    return zlm_reply(*service.request(method, uri, body, headers, accept))
 
 
 def listed_servers(service: Service) -> list[dict[str, Any]]:
@@ -206,16 +172,9 @@ def test_every_new_parameter_gets_a_documented_answer_and_every_port_comes_back(
     batch: list[tuple[bytes, bytes, bytes, dict[bytes, bytes], bool]], secret: str | None,
     tcp_mode: str,
 ) -> None:
-    failures: list[dict[str, Any]] = []
-
-    def observe(log_event: dict[str, Any]) -> None:
-        if "log_failure" in log_event:
-            failures.append(log_event)
-
     with tempfile.TemporaryDirectory() as media_dir:
         service = Service(secret, media_dir)
-        globalLogPublisher.addObserver(observe)
-        try:
+        with failures_forbidden():
             # An RTP server dev1 a device reaches first, so talk back and connect can succeed.
             opened = urlencode({"stream_id": "dev1", "port": 0, "tcp_mode": tcp_mode,
                                 "secret": SECRET})
@@ -228,9 +187,6 @@ def test_every_new_parameter_gets_a_documented_answer_and_every_port_comes_back(
                     check_success(service, endpoint, reply)
                 pool = service.manager.pool
                 assert pool.leased_count <= pool.size + len(pool.leases())
-        finally:
-            globalLogPublisher.removeObserver(observe)
-        assert not failures, [event.get("log_failure") for event in failures]
         for session in service.manager.sessions():
             session.stop()
         service.control.rtp_servers.close_all()

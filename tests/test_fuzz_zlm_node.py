@@ -21,14 +21,13 @@ from urllib.parse import urlencode
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.logger import globalLogPublisher
 
 from gb28181talk.core.ports import PortPool
 from gb28181talk.testing import BusyPortsReactor
 from gb28181talk.web import codes
 from gb28181talk.web.common import ApiError
 from gb28181talk.web.zlm_node import HOOKS, NodeSettings
-from tests.test_fuzz_api import DOCUMENTED_CODES, SECRET, Service
+from tests.fuzzing import SECRET, InMemoryApi, failures_forbidden, zlm_reply
 from tests.test_fuzz_session import budget
 from tests.test_wvp_sequence import WVP_READS
 
@@ -87,50 +86,32 @@ def requests(draw: st.DrawFn) -> tuple[bytes, bytes, bytes, dict[bytes, bytes]]:
 def test_the_new_endpoints_answer_documented_json_and_keep_the_node_sound(
     batch: list[tuple[bytes, bytes, bytes, dict[bytes, bytes]]], secret: str | None
 ) -> None:
-    failures: list[dict[str, Any]] = []
-
-    def observe(log_event: dict[str, Any]) -> None:
-        if "log_failure" in log_event:
-            failures.append(log_event)
-
     with tempfile.TemporaryDirectory() as media_dir:
-        service = Service(secret, media_dir)
-        globalLogPublisher.addObserver(observe)
-        try:
+        service = InMemoryApi(secret, media_dir)
+        with failures_forbidden():
             for method, uri, body, headers in batch:
                 reply = answer(service, method, uri, body, headers)
                 endpoint = uri.split(b"?")[0].decode().rsplit("/", 1)[-1]
                 if reply["code"] == codes.SUCCESS:
                     check_success(service, endpoint, uri, body, headers, reply, method)
                 check_node(service)
-        finally:
-            globalLogPublisher.removeObserver(observe)
-        assert not failures, [event.get("log_failure") for event in failures]
         for session in service.manager.sessions():
             session.stop()
         assert service.manager.pool.leased_count == 0
 
 
-def answer(service: Service, method: bytes, uri: bytes, body: bytes,
+def answer(service: InMemoryApi, method: bytes, uri: bytes, body: bytes,
            headers: dict[bytes, bytes]) -> dict[str, Any]:
-    status, reply_headers, raw = service.request(method, uri, body, headers)
-    assert status == 200, "ZLMediaKit's API answers HTTP 200 with the code in the body"
-    assert reply_headers["content-type"].startswith("application/json")
-    reply = json.loads(raw)
-    assert reply["code"] in DOCUMENTED_CODES, reply
-    assert "internal error" not in str(reply.get("msg", ""))
-    if reply["code"] != codes.SUCCESS:
-        assert isinstance(reply.get("msg"), str) and reply["msg"]
-    return dict(reply)
+    return zlm_reply(*service.request(method, uri, body, headers))
 
 
-def config(service: Service) -> dict[str, str]:
+def config(service: InMemoryApi) -> dict[str, str]:
     reply = answer(service, b"GET", f"{ZLM}getServerConfig?secret={SECRET}".encode(), b"", {})
     [data] = reply["data"]
     return dict(data)
 
 
-def check_node(service: Service) -> None:
+def check_node(service: InMemoryApi) -> None:
     """getServerConfig holds every key wvp reads, usable, never the secret; pool as it says."""
     data = config(service)
     assert all(key in data for key in WVP_READS)
@@ -144,7 +125,7 @@ def check_node(service: Service) -> None:
     assert pool.leased_count >= listening
 
 
-def check_success(service: Service, endpoint: str, uri: bytes, body: bytes,
+def check_success(service: InMemoryApi, endpoint: str, uri: bytes, body: bytes,
                   headers: dict[bytes, bytes], reply: dict[str, Any], method: bytes) -> None:
     if endpoint == "setServerConfig":
         assert isinstance(reply["changed"], int) and reply["changed"] >= 0

@@ -35,8 +35,8 @@ from gb28181talk.web.body import MAX_BODY_BYTES, UNAUTHENTICATED_BODY_BYTES
 from gb28181talk.web.common import Authenticator
 from gb28181talk.web.metrics import Metrics
 from gb28181talk.web.root import build_root, build_site
+from tests.fuzzing import parse_response
 from tests.httpapi import ServiceHarness, async_test
-from tests.test_fuzz_api import parse_response
 
 SECRET = "s3cret"
 HOST = "127.0.0.1:8080"
