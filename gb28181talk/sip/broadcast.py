@@ -27,7 +27,7 @@ answer (the Call-ID is the session's identity).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +43,13 @@ from gb28181talk.signalling.manscdp import BroadcastNotify, BroadcastResponse, b
 from gb28181talk.sip.calls import PlatformPort, audio_output
 from gb28181talk.sip.dialog import Dialog, new_tag
 from gb28181talk.sip.message import SipRequest, SipResponse, response_for
-from gb28181talk.sip.offer import MediaOptions, answer_sdp, parse_device_sdp, talk_request
+from gb28181talk.sip.offer import (
+    MediaOptions,
+    answer_sdp,
+    media_options,
+    parse_device_sdp,
+    talk_request,
+)
 from gb28181talk.sip.seam import device_stream_name
 from gb28181talk.sip.transaction import ServerTransaction
 
@@ -137,7 +143,7 @@ class Broadcasts:
         stream: str,
         *,
         channel: str | None = None,
-        options: MediaOptions | None = None,
+        options: MediaOptions | Mapping[str, Any] | None = None,
         replace: bool = False,
     ) -> Deferred[list[dict[str, Any]]]:
         """Broadcast ``app/stream`` to each device; fires with one result per device, in order.
@@ -149,7 +155,7 @@ class Broadcasts:
         "status", "reason", "response"}``.
         """
         self.core.source(app, stream)
-        options = options or MediaOptions()
+        options = media_options(options)
         parts = [self._start_one(device_id, app, stream, channel, options, replace)
                  for device_id in device_ids]
         gathered = DeferredList(parts, consumeErrors=True)

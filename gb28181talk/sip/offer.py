@@ -21,13 +21,14 @@ send); :func:`talk_offer` is our own offer for a platform-initiated talk.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from gb28181talk.core.identity import CallId, OnRepeat
 from gb28181talk.core.params import Packaging, SessionKey, SessionParams, TransportKind
 from gb28181talk.core.request import TalkRequest
-from gb28181talk.errors import SdpError
+from gb28181talk.errors import SdpError, SessionError
 from gb28181talk.media.framing import Framing
 from gb28181talk.media.law import Law
 from gb28181talk.media.payload import PayloadError, choose_downlink, identify
@@ -50,6 +51,48 @@ class MediaOptions:
     wait_timeout: float = 10.0
     """Seconds for the device to connect (or for our connect to it) before the call ends."""
     preroll_ms: int = 1000
+
+
+def media_options(value: MediaOptions | Mapping[str, Any] | None) -> MediaOptions:
+    """Options as given, or from the API's fields (``packet_ms``, ``framing``, ``packaging``,
+    ``wait_timeout``, ``preroll_ms``); SessionError (the API's 400) names a bad one."""
+    if value is None:
+        return MediaOptions()
+    if isinstance(value, MediaOptions):
+        return value
+    unknown = sorted(set(value) - _OPTION_FIELDS)
+    if unknown:
+        raise SessionError(f"unknown packet option(s) {', '.join(unknown)}; the options are "
+                           f"{', '.join(sorted(_OPTION_FIELDS))}")
+    try:
+        framing = Framing(value.get("framing", "rfc4571"))
+    except ValueError:
+        raise SessionError(f"framing {value.get('framing')!r} is not rfc4571 or none") from None
+    packaging = value.get("packaging", "raw")
+    if packaging not in ("raw", "ps"):
+        raise SessionError(f"packaging {packaging!r} is not raw or ps")
+    numbers = {}
+    for name, kind, default in (("packet_ms", int, 20), ("wait_timeout", float, 10.0),
+                                ("preroll_ms", int, 1000)):
+        raw = value.get(name, default)
+        if isinstance(raw, bool) or not isinstance(raw, int | float) or (
+            kind is int and raw != int(raw)
+        ):
+            what = "an integer" if kind is int else "a number"
+            raise SessionError(f"{name} {raw!r} is not {what}")
+        numbers[name] = kind(raw)
+    options = MediaOptions(framing=framing, ps=packaging == "ps", **numbers)
+    if framing is Framing.INTERLEAVED or not 20 <= options.packet_ms <= 180 or (
+        options.packet_ms % 20
+    ):
+        raise SessionError(f"packet_ms {options.packet_ms} must be 20..180, a multiple of 20")
+    if not 0 < options.wait_timeout <= 3600 or not 0 <= options.preroll_ms <= 10_000:
+        raise SessionError("wait_timeout must be above 0 (at most 3600 s) and preroll_ms "
+                           "0..10000")
+    return options
+
+
+_OPTION_FIELDS = frozenset({"packet_ms", "framing", "packaging", "wait_timeout", "preroll_ms"})
 
 
 def transport_of(sdp: AudioSdp) -> TransportKind:

@@ -19,7 +19,7 @@ second is refused (486) unless it asks to replace.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -38,6 +38,7 @@ from gb28181talk.sip.message import SipRequest, SipResponse
 from gb28181talk.sip.offer import (
     DEFAULT_VHOST,
     MediaOptions,
+    media_options,
     parse_device_sdp,
     talk_offer,
     talk_request,
@@ -116,7 +117,7 @@ class Talks:
         stream: str,
         *,
         channel: str | None = None,
-        options: MediaOptions | None = None,
+        options: MediaOptions | Mapping[str, Any] | None = None,
         replace: bool = False,
     ) -> Deferred[dict[str, Any]]:
         """Talk with the device, our audio from ``app/stream``; fires with the result.
@@ -128,7 +129,7 @@ class Talks:
         (SourceNotFound/SourceEnded raised); the core's refusals are raised too.
         """
         self.core.source(app, stream)
-        options = options or MediaOptions()
+        options = media_options(options)
         target = channel or audio_output(self.channels_of(device_id)) or device_id
         if self.platform.locate(device_id) is None:
             return succeed(_error(device_id, target, 404,
