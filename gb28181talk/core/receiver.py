@@ -91,8 +91,81 @@ class ReceiveBudget:
 DEFAULT_BUDGET = ReceiveBudget()
 
 
+class ReceiveAccount:
+    """What one device has spent of its receive budget: made at connect, for two-way talk only.
+
+    Kept apart from :class:`Receiver` so a one-way session (the common case) carries none of it.
+    """
+
+    __slots__ = (
+        "backlog",
+        "excess_packets",
+        "excess_samples",
+        "flood_debt",
+        "flood_debt_at",
+        "heard_samples",
+        "later",
+        "link",
+        "over_budget",
+        "over_streak",
+        "paused",
+        "started_at",
+        "throttles",
+        "window_bytes",
+        "window_end",
+        "window_frames",
+        "window_over",
+    )
+
+    def __init__(self) -> None:
+        # The audio budget: samples heard since the device connected, the flood's debt.
+        self.started_at = 0.0
+        self.heard_samples = 0
+        self.excess_samples = 0
+        self.excess_packets = 0
+        self.flood_debt = 0.0
+        self.flood_debt_at = 0.0
+        # The frame and byte budget: this second's counts, what waits, who resumes it.
+        self.link: Any = None
+        self.paused = False
+        self.window_end = 0.0
+        self.window_frames = 0
+        self.window_bytes = 0
+        self.window_over = False
+        self.over_streak = 0
+        self.throttles = 0
+        self.over_budget = 0
+        self.backlog = bytearray()
+        self.later: IDelayedCall | None = None
+
+
 class Receiver:
     """Deframes, checks, depacketizes and decodes what the device sends; feeds the sinks."""
+
+    __slots__ = (
+        "_account",
+        "_clock",
+        "_decoder",
+        "_end",
+        "_expected_ssrc",
+        "_law",
+        "_learned_ssrc",
+        "_max_violations",
+        "_policy",
+        "_ps_demuxer",
+        "_receive_timeout",
+        "_two_way",
+        "_whole_packets",
+        "budget",
+        "bytes_received",
+        "invalid_packets",
+        "last_received_at",
+        "name",
+        "packets_received",
+        "rtcp_packets",
+        "sinks",
+        "ssrc_violations",
+    )
 
     def __init__(
         self,
@@ -119,36 +192,38 @@ class Receiver:
         self._whole_packets = False
         self._ps_demuxer: PsDemuxer | None = None
         self._learned_ssrc: int | None = None
-        # The audio budget: samples heard since the device connected, the flood's debt.
-        self._started_at = 0.0
-        self._heard_samples = 0
-        self._excess_samples = 0
-        self._flood_debt = 0.0
-        self._flood_debt_at = 0.0
-        # The frame and byte budget: this second's counts, what waits, who resumes it.
-        self._link: Any = None
-        self._paused = False
-        self._window_end = 0.0
-        self._window_frames = 0
-        self._window_bytes = 0
-        self._window_over = False
-        self._over_streak = 0
-        self._backlog = bytearray()
-        self._later: IDelayedCall | None = None
+        self._account: ReceiveAccount | None = None
+        """The device's spending against its budget (two-way talk, once connected)."""
         self.last_received_at = 0.0
         self.packets_received = 0
         self.bytes_received = 0
         self.invalid_packets = 0
         self.rtcp_packets = 0
         self.ssrc_violations = 0
-        self.excess_audio_packets = 0
-        self.receive_throttles = 0
-        self.packets_over_budget = 0
+
+    @property
+    def excess_audio_packets(self) -> int:
+        """Packets of audio dropped for arriving faster than time passed."""
+        account = self._account
+        return account.excess_packets if account is not None else 0
+
+    @property
+    def receive_throttles(self) -> int:
+        """Seconds the device's reading was paused for going over its frame/byte budget."""
+        account = self._account
+        return account.throttles if account is not None else 0
+
+    @property
+    def packets_over_budget(self) -> int:
+        """Datagrams dropped unread for arriving over the second's budget."""
+        account = self._account
+        return account.over_budget if account is not None else 0
 
     @property
     def excess_audio_s(self) -> float:
         """Seconds of audio dropped for arriving faster than time passed."""
-        return self._excess_samples / SAMPLE_RATE
+        account = self._account
+        return account.excess_samples / SAMPLE_RATE if account is not None else 0.0
 
     def start(self, now: float, whole_packets: bool = False) -> None:
         """A device is connected: from now on its RTP is heard (in two-way talk).
@@ -156,11 +231,14 @@ class Receiver:
         ``whole_packets``: every piece of data is one packet (datagrams), nothing to deframe.
         """
         self.last_received_at = now
-        self._started_at = self._flood_debt_at = now
-        self._window_end = now + 1.0
         self._whole_packets = whole_packets
         if self._two_way:
             self._decoder = FrameDecoder()
+            account = self._account
+            if account is None:
+                account = self._account = ReceiveAccount()
+            account.started_at = account.flood_debt_at = now
+            account.window_end = now + 1.0
 
     def throttle_by(self, link: Any) -> None:
         """Pause and resume the device's reading through ``link`` (an IDeviceLink's
@@ -169,17 +247,20 @@ class Receiver:
         Every owner of a receiver calls it once the device is connected: the talk session
         and the RTP server.  A one-way receiver hears nothing, so it never pauses.
         """
-        if self._decoder is not None:
-            self._link = link
+        account = self._account
+        if self._decoder is not None and account is not None:
+            account.link = link
 
     def stop(self) -> None:
         """The session ended: nothing more is heard; every sink hears the end."""
         self._decoder = None
-        self._link = None
-        self._backlog = bytearray()
-        later, self._later = self._later, None
-        if later is not None and later.active():
-            later.cancel()
+        account = self._account
+        if account is not None:  # its figures stay; what it holds goes
+            account.link = None
+            account.backlog = bytearray()
+            later, account.later = account.later, None
+            if later is not None and later.active():
+                later.cancel()
         for sink in self.sinks:
             self._guarded(sink.audio_ended)
 
@@ -198,28 +279,32 @@ class Receiver:
             return
         if self._whole_packets:
             self._datagram(data)
-        elif self._backlog:  # earlier data still waits its turn: this goes behind it
-            self._backlog += data
-            if len(self._backlog) > self.budget.max_backlog:
+            return
+        account = self._account
+        assert account is not None
+        backlog = account.backlog
+        if backlog:  # earlier data still waits its turn: this goes behind it
+            backlog += data
+            if len(backlog) > self.budget.max_backlog:
                 self._end(
                     EndReason.RECEIVE_FLOOD,
-                    f"{len(self._backlog)} bytes from the device waiting to be read, over "
+                    f"{len(backlog)} bytes from the device waiting to be read, over "
                     f"{self.budget.max_backlog}: it sends faster than its budget "
                     f"({self._budget_text()}) and its reading cannot be paused",
                 )
         else:
-            self._read(data)
+            self._read(data, account)
 
-    def _read(self, data: bytes | bytearray) -> None:
+    def _read(self, data: bytes | bytearray, account: ReceiveAccount) -> None:
         """Deframe and hear ``data`` within this turn's and this second's budget; keep the rest."""
         decoder = self._decoder
         assert decoder is not None
         budget = self.budget
         now = self._clock.seconds()
-        if now >= self._window_end:
-            self._new_window(now)
-        frames_left = min(budget.frames_per_read, budget.frames_per_second - self._window_frames)
-        bytes_left = min(budget.bytes_per_read, budget.bytes_per_second - self._window_bytes)
+        if now >= account.window_end:
+            self._new_window(now, account)
+        frames_left = min(budget.frames_per_read, budget.frames_per_second - account.window_frames)
+        bytes_left = min(budget.bytes_per_read, budget.bytes_per_second - account.window_bytes)
         size = len(data)
         taken = 0
         with memoryview(data) as view:
@@ -237,114 +322,123 @@ class Receiver:
                 frames = len(packets) + decoder.rtcp_frames - rtcp_before
                 frames_left -= frames
                 bytes_left -= step
-                self._window_frames += frames
-                self._window_bytes += step
+                account.window_frames += frames
+                account.window_bytes += step
                 for packet in packets:
                     self._packet(packet)
                     if self._decoder is None:  # the session ended on this packet
                         return
             rest = bytearray(view[taken:]) if taken < size else None
         exhausted = (
-            self._window_frames >= budget.frames_per_second
-            or self._window_bytes >= budget.bytes_per_second
+            account.window_frames >= budget.frames_per_second
+            or account.window_bytes >= budget.bytes_per_second
         )
         if exhausted:
-            self._over_budget(now)
+            self._over_budget(now, account)
         elif rest is not None:  # over this turn's share: the rest waits for the next turn
-            self._pause()
-            self._schedule(0.0, self._next_turn)
-        elif self._paused:
-            self._resume()
+            self._pause(account)
+            self._schedule(0.0, self._next_turn, account)
+        elif account.paused:
+            self._resume(account)
         if rest is not None and self._decoder is not None:
-            self._backlog = rest
+            account.backlog = rest
 
     def _datagram(self, packet: bytes) -> None:
         """One whole packet (a datagram): heard within this second's budget, else dropped."""
+        account = self._account
+        assert account is not None
         budget = self.budget
         now = self._clock.seconds()
-        if now >= self._window_end:
-            self._new_window(now)
-        if self._window_over:
-            self.packets_over_budget += 1
+        if now >= account.window_end:
+            self._new_window(now, account)
+        if account.window_over:
+            account.over_budget += 1
             return
-        self._window_frames += 1
-        self._window_bytes += len(packet)
+        account.window_frames += 1
+        account.window_bytes += len(packet)
         self._packet(packet)
         if self._decoder is not None and (
-            self._window_frames >= budget.frames_per_second
-            or self._window_bytes >= budget.bytes_per_second
+            account.window_frames >= budget.frames_per_second
+            or account.window_bytes >= budget.bytes_per_second
         ):
-            self._over_budget(now)
+            self._over_budget(now, account)
 
-    def _over_budget(self, now: float) -> None:
+    def _over_budget(self, now: float, account: ReceiveAccount) -> None:
         """This second's budget is spent: pause the device until the second is over."""
-        if self._window_over:
+        if account.window_over:
             return
-        self._window_over = True
-        self.receive_throttles += 1
-        self._over_streak += 1
+        account.window_over = True
+        account.throttles += 1
+        account.over_streak += 1
         budget = self.budget
-        if self._over_streak >= budget.overloaded_seconds:
+        if account.over_streak >= budget.overloaded_seconds:
             self._end(
                 EndReason.RECEIVE_FLOOD,
                 f"the device went over its receive budget ({self._budget_text()}) "
-                f"{self._over_streak} seconds in a row",
+                f"{account.over_streak} seconds in a row",
             )
             return
-        if self.receive_throttles == 1:
+        if account.throttles == 1:
             log.warn(
                 "talk session {id}: the device sends more than its receive budget ({budget}); "
                 "its reading is paused until each second is over (counted in receive_throttles)",
                 id=self.name,
                 budget=self._budget_text(),
             )
-        self._pause()
-        self._schedule(max(0.0, self._window_end - now), self._next_second)
+        self._pause(account)
+        self._schedule(max(0.0, account.window_end - now), self._next_second, account)
 
-    def _schedule(self, delay: float, call: Callable[[], None]) -> None:
+    def _schedule(self, delay: float, call: Callable[[], None], account: ReceiveAccount) -> None:
         """The one pending budget timer: the next turn or the next second (replaces any)."""
-        later = self._later
+        later = account.later
         if later is not None and later.active():
             later.cancel()
-        self._later = self._clock.callLater(delay, call)
+        account.later = self._clock.callLater(delay, call)
 
-    def _new_window(self, now: float) -> None:
+    @staticmethod
+    def _new_window(now: float, account: ReceiveAccount) -> None:
         """A new second of budget from ``now``; a second that was not overspent ends a streak."""
-        if not self._window_over:
-            self._over_streak = 0
-        self._window_end = now + 1.0
-        self._window_frames = 0
-        self._window_bytes = 0
-        self._window_over = False
+        if not account.window_over:
+            account.over_streak = 0
+        account.window_end = now + 1.0
+        account.window_frames = 0
+        account.window_bytes = 0
+        account.window_over = False
 
     def _next_second(self) -> None:
         """The paused second is over: a fresh budget, then what waited."""
-        self._later = None
+        account = self._account
+        assert account is not None
+        account.later = None
         now = self._clock.seconds()
-        if now >= self._window_end - 1e-6:  # (data may have opened the new second already)
-            self._new_window(now)
+        if now >= account.window_end - 1e-6:  # (data may have opened the new second already)
+            self._new_window(now, account)
         self._next_turn()
 
     def _next_turn(self) -> None:
         """Go on with what waited; read the device again once nothing waits."""
-        self._later = None
+        account = self._account
+        assert account is not None
+        account.later = None
         if self._decoder is None:
             return
-        if self._whole_packets or not self._backlog:
-            self._resume()
+        if self._whole_packets or not account.backlog:
+            self._resume(account)
             return
-        backlog, self._backlog = self._backlog, bytearray()
-        self._read(backlog)
+        backlog, account.backlog = account.backlog, bytearray()
+        self._read(backlog, account)
 
-    def _pause(self) -> None:
-        if not self._paused and self._link is not None:
-            self._paused = True
-            self._link.pause_reading()
+    @staticmethod
+    def _pause(account: ReceiveAccount) -> None:
+        if not account.paused and account.link is not None:
+            account.paused = True
+            account.link.pause_reading()
 
-    def _resume(self) -> None:
-        if self._paused and self._link is not None:
-            self._paused = False
-            self._link.resume_reading()
+    @staticmethod
+    def _resume(account: ReceiveAccount) -> None:
+        if account.paused and account.link is not None:
+            account.paused = False
+            account.link.resume_reading()
 
     def _budget_text(self) -> str:
         budget = self.budget
@@ -391,30 +485,33 @@ class Receiver:
         Otherwise they are excess: counted, and added to the flood's debt (which is
         forgiven at ``flood_forgiven_per_s``); a debt over ``flood_limit_s`` ends the session.
         """
+        account = self._account
+        assert account is not None
         budget = self.budget
-        elapsed = now - self._started_at
-        if self._heard_samples + samples <= (elapsed + budget.audio_allowance_s) * SAMPLE_RATE:
-            self._heard_samples += samples
+        elapsed = now - account.started_at
+        heard = account.heard_samples + samples
+        if heard <= (elapsed + budget.audio_allowance_s) * SAMPLE_RATE:
+            account.heard_samples = heard
             return True
-        self.excess_audio_packets += 1
-        self._excess_samples += samples
-        forgiven = (now - self._flood_debt_at) * budget.flood_forgiven_per_s * SAMPLE_RATE
-        self._flood_debt = max(0.0, self._flood_debt - forgiven) + samples
-        self._flood_debt_at = now
-        if self._flood_debt > budget.flood_limit_s * SAMPLE_RATE:
+        account.excess_packets += 1
+        account.excess_samples += samples
+        forgiven = (now - account.flood_debt_at) * budget.flood_forgiven_per_s * SAMPLE_RATE
+        account.flood_debt = debt = max(0.0, account.flood_debt - forgiven) + samples
+        account.flood_debt_at = now
+        if debt > budget.flood_limit_s * SAMPLE_RATE:
             self._end(
                 EndReason.RECEIVE_FLOOD,
                 f"the device sent more audio than time allows: {self.excess_audio_s:.1f} s "
                 f"beyond the {elapsed:.1f} s since it connected (plus "
                 f"{budget.audio_allowance_s:g} s allowance) were dropped",
             )
-        elif self.excess_audio_packets == 1:
+        elif account.excess_packets == 1:
             log.warn(
                 "talk session {id}: the device sends audio faster than time passes "
                 "({heard:.1f} s in {elapsed:.1f} s); the excess is dropped and counted "
                 "(excess_audio_packets)",
                 id=self.name,
-                heard=self._heard_samples / SAMPLE_RATE,
+                heard=account.heard_samples / SAMPLE_RATE,
                 elapsed=elapsed,
             )
         return False
