@@ -151,6 +151,23 @@ class _Http10Receiver(Protocol):
         self.transport.loseConnection()
 
 
+def silent_receiver(test: unittest.TestCase) -> tuple[int, list[Protocol]]:
+    """A webhook receiver on loopback that accepts connections and never answers.
+
+    Its port and the connections it has accepted; it stops listening when ``test`` ends.
+    """
+    accepted: list[Protocol] = []
+
+    class Silent(Protocol):
+        def connectionMade(self) -> None:
+            accepted.append(self)
+
+    silent = reactor.listenTCP(0, Factory.forProtocol(Silent),  # type: ignore[attr-defined]
+                               interface="127.0.0.1")
+    test.addCleanup(silent.stopListening)
+    return silent.getHost().port, accepted
+
+
 class HookRetryTests(unittest.TestCase):
     timeout = 20
 
@@ -181,10 +198,8 @@ class HookRetryTests(unittest.TestCase):
 
     @async_test
     async def test_a_receiver_that_never_answers_times_out_and_gives_up(self) -> None:
-        silent = reactor.listenTCP(0, Factory.forProtocol(Protocol),  # type: ignore[attr-defined]
-                                   interface="127.0.0.1")
-        self.addCleanup(silent.stopListening)
-        hooks = HookDeliverer(reactor, f"http://127.0.0.1:{silent.getHost().port}/hook",
+        port, _accepted = silent_receiver(self)
+        hooks = HookDeliverer(reactor, f"http://127.0.0.1:{port}/hook",
                               timeout=0.2, retries=1, backoff=0.01)
         delivered = await hooks.send({"session_id": "s1", "reason": "timeout"})
         assert delivered is False
@@ -338,16 +353,8 @@ class HookDrainTests(unittest.TestCase):
     async def test_shutdown_with_a_receiver_that_never_answers_ends_within_the_drain(
         self,
     ) -> None:
-        accepted: list[Protocol] = []
-
-        class Silent(Protocol):
-            def connectionMade(self) -> None:
-                accepted.append(self)
-
-        silent = reactor.listenTCP(0, Factory.forProtocol(Silent),  # type: ignore[attr-defined]
-                                   interface="127.0.0.1")
-        self.addCleanup(silent.stopListening)
-        hooks = HookDeliverer(reactor, f"http://127.0.0.1:{silent.getHost().port}/hook",
+        port, accepted = silent_receiver(self)
+        hooks = HookDeliverer(reactor, f"http://127.0.0.1:{port}/hook",
                               timeout=30.0, retries=3, backoff=0.01)
         for n in range(3):
             hooks.send({"session_id": f"s{n}", "reason": "shutdown"})
@@ -363,17 +370,9 @@ class HookDrainTests(unittest.TestCase):
     ) -> None:
         from gb28181talk import service
 
-        accepted: list[Protocol] = []
-
-        class Silent(Protocol):
-            def connectionMade(self) -> None:
-                accepted.append(self)
-
-        silent = reactor.listenTCP(0, Factory.forProtocol(Silent),  # type: ignore[attr-defined]
-                                   interface="127.0.0.1")
-        self.addCleanup(silent.stopListening)
+        port, accepted = silent_receiver(self)
         self.patch(service, "HOOK_DRAIN_SECONDS", 0.1)
-        harness = ServiceHarness(ports=3, hook_url=f"http://127.0.0.1:{silent.getHost().port}/h")
+        harness = ServiceHarness(ports=3, hook_url=f"http://127.0.0.1:{port}/h")
         harness.start()
         hooks = harness.service.hooks
         hooks.backoff = 0.01  # a wrong retry would come at once
