@@ -175,6 +175,7 @@ def test_the_catalog_is_queried_after_registering_and_gathered_across_messages()
     assert [c.device_id for c in registry.devices[DEVICE_ID].audio_outputs] == [AUDIO_OUT]
     assert channels[1].name == "喇叭" and channels[1].fields == {"Manufacturer": "X"}
     assert events[-1] == (DEVICE_ID, "catalog")
+    assert registry.channel_ids(DEVICE_ID)[1] == AUDIO_OUT and registry.channel_ids("x") == []
     listed = registry.describe()[0]["channels"]
     assert listed[1] == {"id": AUDIO_OUT, "name": "喇叭", "status": "ON", "audio_output": True}
     # a refresh does not ask again once channels are known

@@ -180,6 +180,11 @@ class Registry:
         host, port = device.address
         return Route(device_id, device.channel, f"sip:{device_id}@{host}:{port}")
 
+    def channel_ids(self, device_id: str) -> list[str]:
+        """The channel ids of a registered device's catalog (empty when unknown)."""
+        device = self.devices.get(device_id)
+        return [item.device_id for item in device.channels] if device is not None else []
+
     @property
     def registered(self) -> int:
         """Devices registered now."""
