@@ -462,6 +462,16 @@ class GbTalkService(MultiService):
             secret=", secret required" if self.config.secret else "",
             hooks=f", webhooks to {self.config.hook_url}" if self.config.hook_url else "",
         )
+        if self.sip is not None:
+            log.info(
+                "GB28181 platform {sip_id} (domain {domain}) on SIP {endpoints}, advertised as "
+                "{advertise}; digest {auth}; offline after {expiry:g} s without a keepalive",
+                sip_id=self.config.sip_id, domain=self.config.sip_domain,
+                endpoints=", ".join(self.config.sip), advertise=self.sip.advertise,
+                auth="required" if self.config.sip_password or self.config.sip_passwords
+                else "off (no --sip-password)",
+                expiry=self.config.keepalive_expiry,
+            )
 
     def _failing_start_exits(self, start: Callable[[], None]) -> None:
         """Run ``start``; under twistd a CannotStart is one log line and exit status 1."""
