@@ -15,6 +15,7 @@ from twisted.web.server import Request, Site
 from gb28181talk import __version__
 from gb28181talk.core.talk import TalkControl
 from gb28181talk.web import codes
+from gb28181talk.web.broadcast import BroadcastFlow, BroadcastResource, TalkFlow, TalkResource
 from gb28181talk.web.channel import ApiSite, LimitedRequest
 from gb28181talk.web.common import (
     Authenticator,
@@ -76,9 +77,12 @@ def build_root(
     auth: Authenticator, control: TalkControl, metrics: Metrics, reactor: Any,
     wait_timeout: float, node: NodeSettings | None = None,
     devices: DeviceDirectory | None = None,
+    broadcasts: BroadcastFlow | None = None,
+    talks: TalkFlow | None = None,
 ) -> Resource:
     """The whole resource tree of the service (``node``: the ZLMediaKit settings, else defaults;
-    ``devices``: the SIP registry behind ``/api/devices``, None when SIP is off)."""
+    ``devices``: the SIP registry behind ``/api/devices``, ``broadcasts``/``talks`` the SIP
+    flows behind ``/api/broadcast`` and ``/api/talk``; None when SIP is off)."""
     root = RootResource(auth)
     for own_name in (control.advertise_ip, control.manager.pool.interface):
         if own_name:
@@ -98,6 +102,8 @@ def build_root(
     root.putChild(b"index", _Branch(auth, index))
     native = NativeApi(auth, control, reactor, wait_timeout, push=PushResource(control.registry))
     native.putChild(b"devices", DevicesResource(auth, devices))
+    native.putChild(b"broadcast", BroadcastResource(auth, broadcasts))
+    native.putChild(b"talk", TalkResource(auth, talks))
     root.putChild(b"api", native)
     root.putChild(b"metrics", MetricsResource(auth, metrics))
     return root
