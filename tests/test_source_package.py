@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import json
 from pathlib import Path
-from typing import Any
 
 from twisted.internet.task import Clock
 from zope.interface import implementer
@@ -17,6 +16,7 @@ from gb28181talk.sources.live import LiveSource
 from gb28181talk.sources.push import PushSource
 from gb28181talk.testing import ListSource
 from gb28181talk.web.push import CLOSE_GOING_AWAY, PushProtocol
+from tests.test_push import FakeWebSocket
 
 SOURCES = Path(__file__).resolve().parent.parent / "gb28181talk" / "sources"
 
@@ -154,19 +154,6 @@ def test_deleting_a_push_source_tells_its_pusher_why() -> None:
     assert source.describe()["pusher"] == "10.0.0.7:4000"
     source.close()
     assert pusher.closed == ["the push source was deleted"]
-
-
-class FakeWebSocket:
-    """Records what a PushProtocol sends."""
-
-    def __init__(self) -> None:
-        self.sent: list[Any] = []
-
-    def sendTextMessage(self, text: str) -> None:
-        self.sent.append(("text", text))
-
-    def loseConnection(self, code: int = 1000, reason: str = "") -> None:
-        self.sent.append(("close", code, reason))
 
 
 def test_the_web_pusher_hangs_up_with_1001_when_its_source_is_deleted() -> None:
