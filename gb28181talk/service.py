@@ -67,8 +67,11 @@ from gb28181talk.core.observers import LoggingObserver
 from gb28181talk.core.pacer import Pacer
 from gb28181talk.core.ports import DEFAULT_PORT_RANGE, PortPool, warn_ephemeral_overlap
 from gb28181talk.core.talk import TalkControl
+from gb28181talk.sip.broadcast import Broadcasts
+from gb28181talk.sip.calls import CallFlows
 from gb28181talk.sip.platform import SipPlatform
 from gb28181talk.sip.registry import Registry
+from gb28181talk.sip.talk import Talks
 from gb28181talk.sip.transport import listen_sip
 from gb28181talk.sources.file import DEFAULT_FILE_MEMORY
 from gb28181talk.sources.registry import SourceRegistry
@@ -387,6 +390,8 @@ class GbTalkService(MultiService):
         # GB28181 over SIP (--sip): the platform's TU and its registrar; None when SIP is off.
         self.sip: SipPlatform | None = None
         self.devices: Registry | None = None
+        self.broadcasts: Broadcasts | None = None
+        self.talks: Talks | None = None
         if config.sip:
             self.sip = SipPlatform(reactor, platform_id=config.sip_id, domain=config.sip_domain,
                                    advertise=config.sip_advertise or self.advertise_ip)
@@ -394,10 +399,17 @@ class GbTalkService(MultiService):
                                     default_password=config.sip_password,
                                     keepalive_expiry=config.keepalive_expiry)
             self.metrics.devices = self.devices
+            # Broadcast (the device's INVITE) and talk (ours): the platform's invite handler.
+            self.broadcasts = Broadcasts(reactor, self.sip, self.control,
+                                         advertise_ip=self.advertise_ip,
+                                         channels_of=self.devices.channel_ids)
+            self.talks = Talks(self.sip, self.control, advertise_ip=self.advertise_ip,
+                               domain=config.sip_domain, channels_of=self.devices.channel_ids)
+            self.sip.invite_handler = CallFlows(self.broadcasts, self.talks)
         auth = Authenticator(config.secret)
         self.site = build_site(
             build_root(auth, self.control, self.metrics, reactor, config.wait_timeout, self.node,
-                       devices=self.devices)
+                       devices=self.devices, broadcasts=self.broadcasts, talks=self.talks)
         )
         self.exit_on_start_failure = exit_on_start_failure
         ShutdownStep("sources", self._close_sources).setServiceParent(self)
