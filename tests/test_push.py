@@ -44,7 +44,13 @@ from gb28181talk.sources.tone import ToneSource
 from gb28181talk.web import push as web_push
 from gb28181talk.web.push import PushProtocol, PushResource, peer_hung_up
 from tests.httpapi import call
-from tests.test_sources import goertzel_ratio, read_all, tone_pcm, zero_crossing_frequency
+from tests.test_sources import (
+    RecordingProducer,
+    goertzel_ratio,
+    read_all,
+    tone_pcm,
+    zero_crossing_frequency,
+)
 
 
 def async_test(
@@ -531,22 +537,13 @@ def test_push_source_keeps_partial_samples_between_messages() -> None:
 # --------------------------------------------------------------- the paused check, on a Clock
 
 
-class FakeNetwork:
+class FakeNetwork(RecordingProducer):
     """A pusher's TCP transport: flow control calls, an abort, a reactor and a socket."""
 
     def __init__(self, clock: Clock) -> None:
+        super().__init__()
         self.reactor = clock
-        self.calls: list[str] = []
         self.hung_up = False
-
-    def pauseProducing(self) -> None:
-        self.calls.append("pause")
-
-    def resumeProducing(self) -> None:
-        self.calls.append("resume")
-
-    def stopProducing(self) -> None:
-        self.calls.append("stop")
 
     def abortConnection(self) -> None:
         self.calls.append("abort")

@@ -101,10 +101,10 @@ def test_the_pacer_trims_a_live_sources_stale_backlog_when_the_first_listener_co
 
 
 def test_the_pacer_keeps_a_flow_controlled_backlog_whole() -> None:
-    from tests.test_sources import _Producer
+    from tests.test_sources import RecordingProducer
 
     source = PushSource("live", "p", max_backlog_ms=100, prefill_ms=20)
-    source.attach_producer(_Producer())
+    source.attach_producer(RecordingProducer())
     source.feed_pcm(ms(300, 1))
     Pacer(Clock()).attach(source, Listener())
     assert source.backlog_ms == 300 and source.paused

@@ -125,8 +125,8 @@ class UdpMemoryReactor(MemoryReactor):
 
 
 @implementer(IPushProducer)
-class _Producer:
-    """Records flow control calls."""
+class RecordingProducer:
+    """A producer that records the flow control calls it is given (pause, resume, stop)."""
 
     def __init__(self) -> None:
         self.calls: list[str] = []
@@ -388,7 +388,7 @@ def test_live_source_drops_the_oldest_audio_beyond_its_backlog() -> None:
 
 def test_live_source_pauses_a_producer_instead_of_dropping() -> None:
     source = LiveSource("live", "l", "push", max_backlog_ms=100, prefill_ms=20)
-    producer = _Producer()
+    producer = RecordingProducer()
     source.attach_producer(producer)
     source.feed_pcm(ms(300))
     assert producer.calls == ["pause"] and source.paused
@@ -404,7 +404,7 @@ def test_live_source_pauses_a_producer_instead_of_dropping() -> None:
 
 def test_live_source_drops_beyond_the_hard_limit_even_when_flow_controlled() -> None:
     source = LiveSource("live", "l", "push", max_backlog_ms=100, prefill_ms=20)
-    source.attach_producer(_Producer())
+    source.attach_producer(RecordingProducer())
     source.feed_pcm(ms(source.hard_limit_ms + 500))
     assert source.backlog_ms == source.hard_limit_ms
     assert source.describe()["dropped_ms"] == 500
@@ -418,7 +418,7 @@ def test_trim_backlog_keeps_the_newest_audio_unless_flow_controlled() -> None:
     assert source.describe()["dropped_ms"] == 1000
     source.feed_pcm(ms(100))
     assert source.trim_backlog(keep_ms=60) == 40 and source.backlog_ms == 60
-    source.attach_producer(_Producer())
+    source.attach_producer(RecordingProducer())
     assert source.trim_backlog(keep_ms=0) == 0 and source.backlog_ms == 60
 
 
