@@ -17,6 +17,7 @@ from gb28181talk.sources.push import PushSource
 from gb28181talk.testing import ListSource
 from gb28181talk.web.push import CLOSE_GOING_AWAY, PushProtocol
 from tests.test_push import FakeWebSocket
+from tests.test_sources import ms
 
 SOURCES = Path(__file__).resolve().parent.parent / "gb28181talk" / "sources"
 
@@ -83,10 +84,6 @@ class Listener:
 
     def source_ended(self, tap: SourceTap) -> None:
         self.frames.append(b"ended")
-
-
-def ms(duration: int, level: int) -> bytes:
-    return level.to_bytes(2, "little", signed=True) * (duration * 8)
 
 
 def test_the_pacer_trims_a_live_sources_stale_backlog_when_the_first_listener_comes() -> None:
