@@ -284,8 +284,7 @@ class Registry:
                       "expires in {expires} s", device=device_id, host=address[0],
                       port=address[1], transport=device.transport, expires=expires)
         else:
-            device.expires = expires
-            device.registered_at = now if device.expiry_timer is None else device.registered_at
+            device.expires = expires  # a refresh: registered_at stays the first REGISTER's
         self._seen(device, channel, address)
         if device.expiry_timer is not None and device.expiry_timer.active():
             device.expiry_timer.cancel()
