@@ -15,7 +15,6 @@ built on ZLMediaKit can drive the node unchanged is shown end to end.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
 from gb28181talk.media.framing import Framing
@@ -34,20 +33,7 @@ class WvpSequenceTests(WvpPlatform, unittest.TestCase):
     secret = SECRET
 
     def setUp(self) -> None:
-        self.receiver = HookReceiver()
-        self.prefix = self.receiver.start()
-        self.harness = ServiceHarness(ports=6, secret=SECRET, server_id=SERVER_ID,
-                                      alive_interval=0.5)
-        self.harness.start()
-        self.ports = []
-
-    async def _cleanup(self) -> None:
-        await self.harness.stop()
-        await self.close_devices()
-        await self.receiver.stop()
-
-    def tearDown(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._cleanup())
+        self.start_node(ports=6, server_id=SERVER_ID, alive_interval=0.5)
 
     @async_test
     async def test_wvp_brings_the_node_online_and_runs_a_talk_through_it(self) -> None:

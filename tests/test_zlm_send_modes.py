@@ -27,7 +27,7 @@ from gb28181talk.media.framing import Framing
 from gb28181talk.web import codes
 from tests.audiocheck import dominant_frequency
 from tests.devices import connect_device, sleep
-from tests.httpapi import HookReceiver, ServiceHarness, async_test, call, until
+from tests.httpapi import async_test, call, until
 from tests.netutil import free_port
 from tests.wvp import CANDIDATES, VHOST, WvpPlatform, wvp_hook_config
 
@@ -48,11 +48,7 @@ class SendModeTests(WvpPlatform, unittest.TestCase):
     secret = SECRET
 
     def setUp(self) -> Deferred[None]:
-        self.receiver = HookReceiver()
-        self.prefix = self.receiver.start()
-        self.harness = ServiceHarness(ports=12, secret=SECRET, server_id="talk-node")
-        self.harness.start()
-        self.ports = []
+        self.start_node(ports=12, server_id="talk-node")
         return Deferred.fromCoroutine(self._setup())
 
     async def _setup(self) -> None:
@@ -63,14 +59,6 @@ class SendModeTests(WvpPlatform, unittest.TestCase):
                            json_body={"app": "broadcast", "stream": "talk", "kind": "tone",
                                       "frequency": 1000})
         assert added.code == 0, added.json
-
-    async def _cleanup(self) -> None:
-        await self.harness.stop()
-        await self.close_devices()
-        await self.receiver.stop()
-
-    def tearDown(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._cleanup())
 
     # ----------------------------------------------------------------------- sending
 

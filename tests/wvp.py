@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 
 from gb28181talk.device.protocol import DeviceDatagramProtocol, DeviceMediaFactory
 from gb28181talk.device.voice import DeviceVoice
@@ -49,13 +50,35 @@ def wvp_hook_config(prefix: str, low: int, high: int) -> dict[str, str]:
 
 
 class WvpPlatform:
-    """wvp's calls and devices for a test case with ``harness``, ``receiver``, ``secret`` and
-    ``ports`` (the devices' listening ports, closed by :meth:`close_devices`)."""
+    """wvp's calls and devices for a trial test case with wvp's ``secret``.
+
+    Its setUp calls :meth:`start_node`: the node (``harness``) and wvp's hook
+    receiver (``receiver``, its URL prefix ``prefix``); tearDown stops both and
+    the devices' listening ports (``ports``).
+    """
 
     secret: str
     harness: ServiceHarness
     receiver: HookReceiver
+    prefix: str
     ports: list[Any]
+
+    def start_node(self, ports: int, **settings: Any) -> None:
+        """Start wvp's hook receiver, then the node with ``ports`` talk ports and wvp's secret."""
+        self.receiver = HookReceiver()
+        self.prefix = self.receiver.start()
+        self.harness = ServiceHarness(ports=ports, secret=self.secret, **settings)
+        self.harness.start()
+        self.ports = []
+
+    def tearDown(self) -> Deferred[None]:
+        """Stop the node, the devices' listening ports and the hook receiver, in that order."""
+        return Deferred.fromCoroutine(self._stop_node())
+
+    async def _stop_node(self) -> None:
+        await self.harness.stop()
+        await self.close_devices()
+        await self.receiver.stop()
 
     async def wvp(self, api: str, **params: Any) -> Reply:
         """One call as ZLMRESTfulUtils.sendPost makes it: a form POST, secret in the body."""
