@@ -68,10 +68,7 @@ class WvpSequenceTests(WvpPlatform, unittest.TestCase):
         assert beat["mediaServerId"] == SERVER_ID and isinstance(beat["data"], dict)
 
         # 4. The platform's audio source appears: on_stream_changed regist=true, schema rtsp.
-        added = await call("POST", self.harness.url("/api/sources"),
-                           headers={"Authorization": f"Bearer {SECRET}"},
-                           json_body={"app": "broadcast", "stream": "talk", "kind": "tone",
-                                      "frequency": 1000})
+        added = await self.add_talk_tone()
         assert added.code == 0
         await until(lambda: self.hooks("on_stream_changed"))
         [appeared] = self.hooks("on_stream_changed")

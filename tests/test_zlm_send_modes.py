@@ -27,7 +27,7 @@ from gb28181talk.media.framing import Framing
 from gb28181talk.web import codes
 from tests.audiocheck import dominant_frequency
 from tests.devices import connect_device, sleep
-from tests.httpapi import async_test, call, until
+from tests.httpapi import async_test, until
 from tests.netutil import free_port
 from tests.wvp import CANDIDATES, VHOST, WvpPlatform, wvp_hook_config
 
@@ -54,10 +54,7 @@ class SendModeTests(WvpPlatform, unittest.TestCase):
     async def _setup(self) -> None:
         pushed = wvp_hook_config(self.prefix, self.harness.low, self.harness.high)
         assert (await self.wvp("setServerConfig", **pushed)).code == 0
-        added = await call("POST", self.harness.url("/api/sources"),
-                           headers={"Authorization": f"Bearer {SECRET}"},
-                           json_body={"app": "broadcast", "stream": "talk", "kind": "tone",
-                                      "frequency": 1000})
+        added = await self.add_talk_tone()
         assert added.code == 0, added.json
 
     # ----------------------------------------------------------------------- sending

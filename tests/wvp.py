@@ -80,6 +80,13 @@ class WvpPlatform:
         await self.close_devices()
         await self.receiver.stop()
 
+    async def add_talk_tone(self) -> Reply:
+        """Add the platform's audio, broadcast/talk: a 1000 Hz tone, by the native API."""
+        return await call("POST", self.harness.url("/api/sources"),
+                          headers={"Authorization": f"Bearer {self.secret}"},
+                          json_body={"app": "broadcast", "stream": "talk", "kind": "tone",
+                                     "frequency": 1000})
+
     async def wvp(self, api: str, **params: Any) -> Reply:
         """One call as ZLMRESTfulUtils.sendPost makes it: a form POST, secret in the body."""
         form = {"secret": self.secret, **{name: str(value) for name, value in params.items()}}
