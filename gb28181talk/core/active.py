@@ -21,7 +21,7 @@ from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gb28181talk.core.passive import TalkProtocol, TcpLink
+from gb28181talk.core.passive import DETACHED, TalkProtocol, TcpLink
 from gb28181talk.core.transport import IDeviceHost, ITalkTransport
 from gb28181talk.core.writer import PacketWriter
 from gb28181talk.media.framing import Framing
@@ -84,11 +84,17 @@ class ActiveTcpTransport(ClientFactory):
         return self.port
 
     def close(self) -> None:
-        """Stop connecting (idempotent); a connection already delivered lives on."""
+        """Stop connecting (idempotent); a connection already delivered lives on.
+
+        Without a link nothing more will be delivered: the host (the session) is let go,
+        since the reactor's connector holds this factory and would keep the session alive.
+        """
         self._waiting = False
         connector, self._connector = self._connector, None
-        if connector is not None and self.link is None:
-            connector.stopConnecting()
+        if self.link is None:
+            self.host = DETACHED
+            if connector is not None:
+                connector.stopConnecting()
 
     # -- ClientFactory
 
@@ -104,7 +110,8 @@ class ActiveTcpTransport(ClientFactory):
         self._connector = None
         self.failure = (f"connecting to the device at {self.describe_destination} failed: "
                         f"{reason.getErrorMessage()}")
-        self.host.device_closed(self.failure)
+        host, self.host = self.host, DETACHED  # nothing more will come to it
+        host.device_closed(self.failure)
 
     def clientConnectionLost(self, connector: IConnector, reason: Failure) -> None:
         """Reported by the protocol (``device_closed``) already."""
@@ -129,5 +136,14 @@ class ActiveTcpTransport(ClientFactory):
         writer = PacketWriter(transport, self.max_send_buffer, direct=self.direct_send)
         writer.on_stall = self.host.send_stalled
         writer.on_drain = self.host.send_drained
-        link = protocol.link = self.link = TcpLink(transport, writer, protocol.peer, self.framing)
+        link = protocol.link = self.link = TcpLink(
+            transport, writer, protocol.peer, self.framing, on_done=self.link_done)
         self.host.device_connected(link)
+
+    def link_done(self) -> None:
+        """The device's link was closed or lost: let go of the host (the session).
+
+        The reactor's connector and the session both hold this factory, so keeping the
+        host would leave the ended session in a reference cycle for the cyclic collector.
+        """
+        self.host = DETACHED

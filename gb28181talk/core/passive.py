@@ -11,6 +11,7 @@ reported.  The accepted connection becomes a :class:`TcpLink`: Nagle off, a
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IAddress, ITCPTransport
@@ -37,24 +38,59 @@ def same_host(expected: str, actual: str) -> bool:
     return want == got
 
 
+@implementer(IDeviceHost)
+class _NoHost:
+    """The host of a transport whose link has ended: whatever still comes is dropped.
+
+    A transport that kept its session as host after the link ended would keep the ended
+    session in a reference cycle (session -> transport -> session) for the cyclic collector.
+    """
+
+    def device_connected(self, link: IDeviceLink) -> None:
+        """No session wants it."""
+        link.close(abort=True)
+
+    def device_refused(self, peer: tuple[str, int], why: str) -> None:
+        """Nobody to tell."""
+
+    def data_from_device(self, data: bytes) -> None:
+        """Dropped: the session is done with the device."""
+
+    def device_closed(self, why: str) -> None:
+        """The session has ended already."""
+
+    def send_stalled(self) -> None:
+        """Nothing is sent any more."""
+
+    def send_drained(self) -> None:
+        """Nothing is sent any more."""
+
+
+DETACHED: Any = _NoHost()
+"""The host of every transport once its link has ended (see :class:`_NoHost`)."""
+
+
 @implementer(IDeviceLink)
 class TcpLink:
     """The accepted device connection as the sender writes to it: RTP through a PacketWriter.
 
     ``write`` is the writer's own bound method, so a packet costs no extra call here.
+    ``on_done`` is called once, when the link is closed or lost: the transport that made
+    it lets go of its host then.
     """
 
     whole_packets = False
 
     def __init__(
         self, transport: ITCPTransport, writer: PacketWriter, peer: tuple[str, int],
-        framing: Framing,
+        framing: Framing, on_done: Callable[[], None] | None = None,
     ) -> None:
         self.peer = peer
         self.framing = framing
         self.write = writer.write
         self.transport = transport
         self._writer = writer
+        self._on_done = on_done
         self.lost = False
 
     @property
@@ -87,11 +123,19 @@ class TcpLink:
             self.transport.abortConnection()
         else:
             self.transport.loseConnection()
+        self._done()
 
     def connection_lost(self) -> None:
         """The device went: nothing more is written or closed."""
         self.lost = True
         self._writer.stopProducing()
+        self._done()
+
+    def _done(self) -> None:
+        """Tell the transport, once, that the link has ended (it lets go of its host)."""
+        done, self._on_done = self._on_done, None
+        if done is not None:
+            done()
 
 
 class TalkProtocol(Protocol):
@@ -111,8 +155,9 @@ class TalkProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         link, self.link = self.link, None
         if link is not None:
+            host = self.acceptor.host  # (the link's end lets the acceptor go of it)
             link.connection_lost()
-            self.acceptor.host.device_closed(reason.getErrorMessage())
+            host.device_closed(reason.getErrorMessage())
 
 
 @implementer(ITalkTransport)
@@ -199,5 +244,14 @@ class PassiveTcpTransport(ServerFactory):
         writer = PacketWriter(transport, self.max_send_buffer, direct=self.direct_send)
         writer.on_stall = self.host.send_stalled
         writer.on_drain = self.host.send_drained
-        link = protocol.link = self.link = TcpLink(transport, writer, protocol.peer, self.framing)
+        link = protocol.link = self.link = TcpLink(
+            transport, writer, protocol.peer, self.framing, on_done=self.link_done)
         self.host.device_connected(link)
+
+    def link_done(self) -> None:
+        """The device's link was closed or lost: let go of the host (the session).
+
+        The session holds this transport, so keeping it would leave the ended session in
+        a reference cycle for the cyclic collector; what still comes is dropped.
+        """
+        self.host = DETACHED

@@ -132,7 +132,6 @@ class UdpTalkTransport:
         """Datagrams from anyone but the device (dropped)."""
         self.rtcp_received_count = 0
         self.rtcp_sent = 0
-        self._protocol = _TalkDatagrams(self)
         self._lease: Lease | None = None
         self._socket: Any = None
         self._sendmsg: Any = None
@@ -149,7 +148,8 @@ class UdpTalkTransport:
     def open(self, host: IDeviceHost) -> int:
         """Lease the UDP port; active: deliver the device at once."""
         self.host = host
-        self._lease = self.pool.listen_udp(self._protocol, owner=self.owner,
+        # The socket's protocol points at this transport, not back (the port holds it).
+        self._lease = self.pool.listen_udp(_TalkDatagrams(self), owner=self.owner,
                                            port=self.wanted_port)
         self.port = self._lease.port
         self._socket = self._lease.listening_port
@@ -160,8 +160,12 @@ class UdpTalkTransport:
         return self.port
 
     def close(self) -> None:
-        """Stop waiting; the port stays with a delivered link (its close returns the port)."""
+        """Stop waiting; the port stays with a delivered link (its close returns the port).
+
+        Without a link nothing more will be delivered: the host (the session) is let go.
+        """
         if self.link is None:
+            self.host = None
             self._release()
 
     # -- sending (the link's write)
@@ -221,8 +225,15 @@ class UdpTalkTransport:
         self.host.device_connected(self.link)
 
     def link_closed(self) -> None:
-        """The session closed the link: RTCP stops, the socket closes, the port returns."""
+        """The session closed the link: RTCP stops, the socket closes, the port returns.
+
+        The host (the session) and the link (which points back here) are let go too, so
+        the ended session is freed at once instead of staying a cycle for the collector;
+        datagrams that still come are dropped.
+        """
         self._peer = None
+        self.host = None
+        self.link = None
         self._stop_rtcp()
         self._release()
 

@@ -77,12 +77,18 @@ class PacketWriter:
                 self.on_drain()
 
     def stopProducing(self) -> None:
-        """The connection is gone; nothing more will be written."""
+        """The connection is gone; nothing more will be written (nor told to the session)."""
         self._socket = None
         self.queued = 0
+        self.on_stall = self.on_drain = None
 
     def close(self) -> None:
-        """Unregister from the transport (before the session closes it)."""
+        """Unregister from the transport (before the session closes it).
+
+        The stall and drain callbacks (the session's methods) are let go too, so an ended
+        session is not kept in a cycle through its link's writer.
+        """
         self._socket = None
+        self.on_stall = self.on_drain = None
         if getattr(self._transport, "producer", None) is self:
             self._transport.unregisterProducer()
