@@ -69,6 +69,7 @@ class CallDevice(Device):
         self.ended: list[str] = []
         self.invites: list[Any] = []
         self.wire: Any = None
+        self.uplink: Any = None
 
     def dialog_confirmed(self, dialog: Any) -> None:
         self.dialogs.append(dialog)
@@ -116,16 +117,16 @@ class CallDevice(Device):
         self.layer.bye(self.dialogs[-1])
 
 
-def _setup(**options: Any) -> Any:
+def _setup(record_dir: str | None = None, **options: Any) -> Any:
     reactor = UdpReactor()
     manager = SessionManager(reactor, PortPool(reactor, 30000, 30009))
     sources = SourceRegistry()
     sources.add(ToneSource("broadcast", "announce", frequency=440))
-    core = TalkControl(reactor, manager, sources)
+    core = TalkControl(reactor, manager, sources, record_dir=record_dir)
     platform = _new_platform(reactor)
     device = CallDevice(reactor)
-    _to_platform, to_device = connect(reactor, platform, device)
-    device.wire = to_device
+    to_platform, to_device = connect(reactor, platform, device)
+    device.wire, device.uplink = to_device, to_platform
     platform.locate = lambda device_id: (
         Route(device_id, to_device, f"sip:{device_id}@{DEVICE[0]}:{DEVICE[1]}")
         if device_id == DEVICE_ID else None
@@ -332,3 +333,23 @@ def test_a_duplicate_invite_of_the_same_call_gets_the_same_answer_and_port() -> 
     assert len(oks) >= 3
     assert manager.sessions() == [session]
     assert {parse_sdp(ok.body).port for ok in oks} == {first.port} == {session.port}
+
+
+def test_a_lost_ack_means_the_200_is_resent_then_bye_and_the_session_ends() -> None:
+    reactor, manager, _core, platform, device, broadcasts = _setup()
+    _start(broadcasts, options={"wait_timeout": 60})  # the device's wait outlasts Timer H
+    pump(reactor)
+    device.respond("OK")
+    pump(reactor)
+    send = device.uplink.send
+    device.uplink.send = lambda m: None if getattr(m, "method", "") == "ACK" else send(m)
+    device.invite(PASSIVE_OFFER)  # every ACK of the device is lost
+    pump(reactor, 1.0)
+    (session,) = manager.sessions()
+    oks = [m for m in device.wire.sent if isinstance(m, SipResponse) and m.status == 200]
+    assert len(oks) >= 2, "the 2xx is retransmitted while no ACK comes"
+    pump(reactor, 32.0)
+    assert session.end_reason == "stopped" and device.ended == ["bye"]
+    assert not manager.sessions() and not broadcasts.describe()
+    pump(reactor, 10.0)  # our BYE's transaction ends (Timer K)
+    assert not platform.layer.pending_timers()

@@ -8,6 +8,7 @@ directions; a talk ended before the device answers is CANCELled (487).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from gb28181talk.core.params import SessionState
 from gb28181talk.device.voice import DeviceVoice
 from gb28181talk.media.law import Law
 from gb28181talk.media.rtp import parse_rtp
+from gb28181talk.media.wav import read_wav
 from gb28181talk.signalling.sdp import AudioSdp, build_sdp, parse_sdp
 from gb28181talk.sip.calls import CallFlows
 from gb28181talk.sip.message import response_for
@@ -70,8 +72,8 @@ class TalkDevice(CallDevice):
         self.ended.append("cancelled")
 
 
-def _talk_setup(mode: str) -> Any:
-    reactor, manager, core, platform, _device, broadcasts = _setup()
+def _talk_setup(mode: str, record_dir: str | None = None) -> Any:
+    reactor, manager, core, platform, _device, broadcasts = _setup(record_dir)
     device = TalkDevice(reactor)
     device.mode = mode
     _, to_device = connect(reactor, platform, device)
@@ -186,3 +188,19 @@ def test_a_busy_device_and_an_unknown_one() -> None:
     results: list[Any] = []
     talks.start("34020000001320000099", "broadcast", "announce").addCallback(results.append)
     assert results[0]["status"] == 404
+
+
+def test_the_devices_voice_is_recorded_under_the_record_dir(tmp_path: Path) -> None:
+    reactor, manager, _core, _platform, device, talks = _talk_setup("connects", str(tmp_path))
+    _start(talks)
+    pump(reactor)
+    (session,) = manager.sessions()
+    media = FakeDevice(voice=DeviceVoice(device.offer.ssrc, Law.ALAW))
+    media.connect(reactor, session.port)
+    media.speak(b"\x10\x00" * 160 * 25)
+    _run(reactor, 0.6)
+    device.bye()
+    pump(reactor)
+    [recording] = list(tmp_path.glob("*.wav"))
+    audio = read_wav(recording)
+    assert audio.sample_rate == 8000 and len(audio.data) >= 160 * 20, "the device was heard"
