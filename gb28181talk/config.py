@@ -22,6 +22,7 @@ from gb28181talk.core.ports import DEFAULT_PORT_RANGE, parse_port_range
 from gb28181talk.errors import GbTalkError, PortError
 from gb28181talk.sip.transport import parse_udp
 from gb28181talk.sources.file import DEFAULT_FILE_MEMORY
+from gb28181talk.web.crosssite import is_loopback_name
 from gb28181talk.web.zlm_node import DEFAULT_ALIVE_INTERVAL, DEFAULT_SCHEMAS, SCHEMA
 
 DEFAULT_API = "tcp:8080:interface=127.0.0.1"
@@ -310,17 +311,9 @@ def endpoint_is_local(description: str) -> bool:
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
-    host = host.strip().strip("[]")
-    if host.lower() == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
+    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost), in any case,
+    bracketed or not: the cross-site guard's own loopback rule."""
+    return is_loopback_name(host.strip().strip("[]").lower())
 
 
 # --------------------------------------------------------------------------- single settings
