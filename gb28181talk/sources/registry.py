@@ -79,13 +79,10 @@ class SourceRegistry:
 
     def add(self, source: Any) -> Any:
         """Register ``source`` under its app/stream; an ended source of that name is replaced."""
+        self._refuse_taken_name(source.app, source.stream)
         key = source_key(source.app, source.stream)
         existing = self._sources.get(key)
         if existing is not None:
-            if not existing.ended:
-                raise SourceError(
-                    f"source {key} exists; delete it first or pick another stream name"
-                )
             existing.close()
         self._sources[key] = source
         log.info("audio source {key} added: {kind}", key=key, kind=source.kind)
@@ -208,17 +205,22 @@ class SourceRegistry:
             )
         app = self._name(spec, "app")
         stream = self._name(spec, "stream")
-        existing = self.find(app, stream)
-        if existing is not None and not existing.ended:
-            raise SourceError(
-                f"source {app}/{stream} exists; delete it first or pick another stream name"
-            )
+        self._refuse_taken_name(app, stream)
         if self.loading(app, stream):
             raise SourceError(
                 f"source {app}/{stream} is being loaded from its file; wait for that answer "
                 "or pick another stream name"
             )
         return kind, app, stream
+
+    def _refuse_taken_name(self, app: str, stream: str) -> None:
+        """SourceError if a source named app/stream has not ended (an ended one may be replaced)."""
+        existing = self.find(app, stream)
+        if existing is not None and not existing.ended:
+            raise SourceError(
+                f"source {source_key(app, stream)} exists; delete it first or pick another "
+                "stream name"
+            )
 
     def _register(self, source: Any) -> Any:
         try:
