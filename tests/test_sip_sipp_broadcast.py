@@ -1,0 +1,115 @@
+"""A broadcast end to end against SIPp playing the device over loopback (UDP offer, UDP media).
+
+The whole service runs in this reactor with ``--sip udp:0``.  SIPp registers with digest
+and gives its catalog (tests/sipp/register_keepalive.xml); a second SIPp on the same port
+waits for the platform (tests/sipp/broadcast_udp.xml): ``POST /api/broadcast`` sends it the
+Notify, it answers Response/Broadcast OK and INVITEs from its audio output channel with a
+UDP offer pointing at this test's socket, which receives the tone's RTP until SIPp's BYE.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial import unittest
+
+from gb28181talk.media import g711
+from gb28181talk.media.law import Law
+from gb28181talk.media.rtp import parse_rtp
+from tests.audiocheck import dominant_frequency
+from tests.conftest import require_program
+from tests.httpapi import ServiceHarness, async_test, call, sleep, until
+from tests.netutil import free_port
+
+SCENARIOS = Path(__file__).with_name("sipp")
+PLATFORM_ID = "34020000002000000001"
+DOMAIN = "3402000000"
+DEVICE_ID = "34020000001320000001"
+AUDIO_OUT = "34020000001370000001"
+PASSWORD = "12345678"
+
+
+class Heard(DatagramProtocol):
+    """The device's media socket: keeps every datagram."""
+
+    def __init__(self) -> None:
+        self.datagrams: list[bytes] = []
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.datagrams.append(datagram)
+
+
+class SippBroadcastTests(unittest.TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.sipp = require_program("sipp")
+        self.directory = Path(tempfile.mkdtemp(prefix="gbtalk-sipp-bc-"))
+        self.addCleanup(shutil.rmtree, self.directory, True)
+
+    def sipp_run(self, harness: ServiceHarness, scenario: str, device_port: int,
+                 *extra: str) -> Any:
+        sip_port = next(int(child.port.getHost().port) for child in harness.service.sip_services
+                        if child.port is not None)
+        args = [
+            "-sf", str(SCENARIOS / scenario), "-m", "1",
+            "-s", DEVICE_ID, "-au", DEVICE_ID, "-ap", PASSWORD,
+            "-key", "platform", PLATFORM_ID, "-key", "domain", DOMAIN,
+            "-key", "expires", "3600", "-key", "audio", AUDIO_OUT,
+            "-i", "127.0.0.1", "-p", str(device_port), "-t", "u1",
+            "-nostdin", "-timeout", "20", "-timeout_error", "-trace_err", *extra,
+            f"127.0.0.1:{sip_port}",
+        ]
+        return getProcessOutputAndValue(self.sipp, args, env=dict(os.environ),
+                                        path=str(self.directory), reactor=reactor)
+
+    def output(self, result: tuple[bytes, bytes, int]) -> str:
+        out, err, _code = result
+        errors = "".join(p.read_text(errors="replace") for p in self.directory.glob("*errors*"))
+        return (out + err).decode(errors="replace")[-3000:] + errors[-3000:]
+
+    @async_test
+    async def test_sipp_device_takes_a_udp_broadcast_and_hangs_up(self) -> None:
+        harness = ServiceHarness(sip=("udp:0:interface=127.0.0.1",), sip_password=PASSWORD,
+                                 sip_advertise="127.0.0.1")
+        harness.start()
+        self.addCleanup(harness.stop)
+        assert (await harness.add_tone("live", "tone", frequency=800)).status == 200
+        heard = Heard()
+        media = reactor.listenUDP(0, heard, interface="127.0.0.1")
+        self.addCleanup(media.stopListening)
+        device_port = free_port()
+        registered = await self.sipp_run(harness, "register_keepalive.xml", device_port,
+                                         "-oocsf", str(SCENARIOS / "catalog_answer.xml"))
+        assert registered[2] == 0, self.output(registered)
+        registry = harness.service.devices
+        assert registry is not None
+        await until(lambda: bool(registry.channel_ids(DEVICE_ID)), timeout=10)
+        device = self.sipp_run(harness, "broadcast_udp.xml", device_port,
+                               "-key", "rtp_to", str(media.getHost().port))
+        await sleep(0.5)  # SIPp binds the device's port again
+        reply = await call("POST", harness.url("/api/broadcast"), json_body={
+            "device_ids": [DEVICE_ID], "app": "live", "stream": "tone"})
+        assert reply.status == 200, reply.json
+        [result] = reply.json["results"]
+        if result["result"] != "OK":
+            raise AssertionError(f"{result}\n{self.output(await device)}")
+        assert (result["channel"], result["transport"]) == (AUDIO_OUT, "udp")
+        assert result["response"] == "OK" and result["ssrc"] == "0100000123"
+        finished = await device
+        assert finished[2] == 0, self.output(finished)
+        packets = [parse_rtp(data) for data in heard.datagrams]
+        assert len(packets) >= 20, "about 1.5 s of 20 ms packets reached the device"
+        assert {p.ssrc for p in packets} == {100000123} and {p.payload_type for p in packets} == {8}
+        pcm = g711.decode(Law.ALAW, b"".join(p.payload for p in packets))
+        assert dominant_frequency(pcm, range(300, 1500, 20)) == 800, "the source's tone"
+        await until(lambda: not harness.service.manager.sessions(), timeout=5)
+        assert harness.service.broadcasts is not None
+        assert not harness.service.broadcasts.describe()
