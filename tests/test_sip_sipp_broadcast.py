@@ -1,10 +1,11 @@
-"""A broadcast end to end against SIPp playing the device over loopback (UDP offer, UDP media).
+"""A broadcast end to end against SIPp playing the device over loopback: UDP and TCP active.
 
 The whole service runs in this reactor with ``--sip udp:0``.  SIPp registers with digest
 and gives its catalog (tests/sipp/register_keepalive.xml); a second SIPp on the same port
-waits for the platform (tests/sipp/broadcast_udp.xml): ``POST /api/broadcast`` sends it the
+waits for the platform (tests/sipp/broadcast.xml): ``POST /api/broadcast`` sends it the
 Notify, it answers Response/Broadcast OK and INVITEs from its audio output channel with a
-UDP offer pointing at this test's socket, which receives the tone's RTP until SIPp's BYE.
+UDP offer pointing at this test's socket (or a TCP active one, ``a=setup:passive``, at this
+test's listening port, which we dial), which receives the tone's RTP until SIPp's BYE.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
+from gb28181talk.device.media import DeviceMedia
 from gb28181talk.media import g711
+from gb28181talk.media.framing import Framing
 from gb28181talk.media.law import Law
 from gb28181talk.media.rtp import parse_rtp
 from tests.audiocheck import dominant_frequency
@@ -44,6 +47,16 @@ class Heard(DatagramProtocol):
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         self.datagrams.append(datagram)
+
+
+class Stream(Protocol):
+    """The device's listening media socket (TCP active offer): keeps what arrives."""
+
+    def __init__(self, heard: Heard) -> None:
+        self.heard = heard
+
+    def dataReceived(self, data: bytes) -> None:
+        self.heard.datagrams.append(data)
 
 
 class SippBroadcastTests(unittest.TestCase):
@@ -75,15 +88,19 @@ class SippBroadcastTests(unittest.TestCase):
         errors = "".join(p.read_text(errors="replace") for p in self.directory.glob("*errors*"))
         return (out + err).decode(errors="replace")[-3000:] + errors[-3000:]
 
-    @async_test
-    async def test_sipp_device_takes_a_udp_broadcast_and_hangs_up(self) -> None:
+    async def broadcast_to_sipp(self, proto: str, setup: str) -> list[Any]:
+        """Register SIPp, broadcast the tone to it; the RTP packets its media socket got."""
         harness = ServiceHarness(sip=("udp:0:interface=127.0.0.1",), sip_password=PASSWORD,
                                  sip_advertise="127.0.0.1")
         harness.start()
         self.addCleanup(harness.stop)
         assert (await harness.add_tone("live", "tone", frequency=800)).status == 200
         heard = Heard()
-        media = reactor.listenUDP(0, heard, interface="127.0.0.1")
+        if proto == "RTP/AVP":
+            media = reactor.listenUDP(0, heard, interface="127.0.0.1")
+        else:
+            media = reactor.listenTCP(0, Factory.forProtocol(lambda: Stream(heard)),
+                                      interface="127.0.0.1")
         self.addCleanup(media.stopListening)
         device_port = free_port()
         registered = await self.sipp_run(harness, "register_keepalive.xml", device_port,
@@ -92,8 +109,9 @@ class SippBroadcastTests(unittest.TestCase):
         registry = harness.service.devices
         assert registry is not None
         await until(lambda: bool(registry.channel_ids(DEVICE_ID)), timeout=10)
-        device = self.sipp_run(harness, "broadcast_udp.xml", device_port,
-                               "-key", "rtp_to", str(media.getHost().port))
+        device = self.sipp_run(harness, "broadcast.xml", device_port,
+                               "-key", "rtp_to", str(media.getHost().port),
+                               "-key", "proto", proto, "-key", "setup", setup)
         await sleep(0.5)  # SIPp binds the device's port again
         reply = await call("POST", harness.url("/api/broadcast"), json_body={
             "device_ids": [DEVICE_ID], "app": "live", "stream": "tone"})
@@ -101,15 +119,30 @@ class SippBroadcastTests(unittest.TestCase):
         [result] = reply.json["results"]
         if result["result"] != "OK":
             raise AssertionError(f"{result}\n{self.output(await device)}")
-        assert (result["channel"], result["transport"]) == (AUDIO_OUT, "udp")
+        assert result["channel"] == AUDIO_OUT
+        assert result["transport"] == ("udp" if proto == "RTP/AVP" else "tcp-active")
         assert result["response"] == "OK" and result["ssrc"] == "0100000123"
         finished = await device
         assert finished[2] == 0, self.output(finished)
-        packets = [parse_rtp(data) for data in heard.datagrams]
+        await until(lambda: not harness.service.manager.sessions(), timeout=5)
+        assert harness.service.broadcasts is not None
+        assert not harness.service.broadcasts.describe()
+        if proto == "RTP/AVP":
+            return [parse_rtp(data) for data in heard.datagrams]
+        stream = DeviceMedia(framing=Framing.RFC4571, keep_packets=True)
+        stream.receive(b"".join(heard.datagrams), 0.0)
+        return list(stream.packets)
+
+    def check_tone(self, packets: list[Any]) -> None:
         assert len(packets) >= 20, "about 1.5 s of 20 ms packets reached the device"
         assert {p.ssrc for p in packets} == {100000123} and {p.payload_type for p in packets} == {8}
         pcm = g711.decode(Law.ALAW, b"".join(p.payload for p in packets))
         assert dominant_frequency(pcm, range(300, 1500, 20)) == 800, "the source's tone"
-        await until(lambda: not harness.service.manager.sessions(), timeout=5)
-        assert harness.service.broadcasts is not None
-        assert not harness.service.broadcasts.describe()
+
+    @async_test
+    async def test_sipp_device_takes_a_udp_broadcast_and_hangs_up(self) -> None:
+        self.check_tone(await self.broadcast_to_sipp("RTP/AVP", "a=connection:new"))
+
+    @async_test
+    async def test_sipp_device_listening_for_tcp_takes_a_broadcast_we_dial(self) -> None:
+        self.check_tone(await self.broadcast_to_sipp("TCP/RTP/AVP", "a=setup:passive"))
