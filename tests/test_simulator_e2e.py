@@ -1,0 +1,121 @@
+"""End to end on loopback: ``twistd gbtalk --sip`` and ``gb28181talk-device`` as two processes.
+
+The simulator registers (digest), ``POST /api/broadcast`` sends it the tone, and the WAV it
+writes carries the tone (dominant frequency); the same over SIP/TCP and for every media mode
+the device can offer (TCP active, TCP passive, UDP).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from twisted.trial import unittest
+
+from gb28181talk.media import wav
+from tests.audiocheck import dominant_frequency
+from tests.httpapi import async_test, call, sleep, until
+from tests.netutil import free_port, free_port_range
+
+TWISTD = Path(sys.executable).with_name("twistd")
+DEVICE = Path(sys.executable).with_name("gb28181talk-device")
+DEVICE_ID = "34020000001320000001"
+TONE_HZ = 800
+
+
+class SimulatorEndToEndTests(unittest.TestCase):
+    """The service and the simulator as the README's walkthrough runs them, with free ports."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="gbtalk-sim-"))
+        self.addCleanup(shutil.rmtree, self.directory, True)
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def tearDown(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        with open(self.directory / f"{name}.out", "wb") as log:
+            process = subprocess.Popen(argv, cwd=self.directory, stdout=log,
+                                       stderr=subprocess.STDOUT, env=os.environ)
+        self.processes.append(process)
+        return process
+
+    def log(self, name: str) -> str:
+        return (self.directory / f"{name}.out").read_text(errors="replace")
+
+    async def _serve(self, sip: str) -> tuple[str, int]:
+        api, sip_port = free_port(), free_port()
+        low, high = free_port_range(4)
+        self.spawn("service", [
+            str(TWISTD), "-n", "gbtalk", "--api", f"tcp:{api}:interface=127.0.0.1",
+            "--port-range", f"{low}-{high}", "--sip", f"{sip}:{sip_port}:interface=127.0.0.1",
+            "--sip-password", "12345678", "--sip-advertise", "127.0.0.1",
+        ])
+        base = f"http://127.0.0.1:{api}"
+        for _ in range(200):
+            try:
+                reply = await call("GET", base + "/api/health")
+            except Exception:
+                await sleep(0.05)
+                continue
+            if reply.status == 200:
+                return base, sip_port
+        raise AssertionError("the service never answered:\n" + self.log("service"))
+
+    async def _broadcast(self, sip: str, mode: str) -> None:
+        base, sip_port = await self._serve(sip)
+        device = self.spawn("device", [
+            str(DEVICE), "--server", f"127.0.0.1:{sip_port}", "--sip", sip, "--mode", mode,
+            "--local-ip", "127.0.0.1", "--wav-dir", str(self.directory), "--expect-audio",
+            "--exit-after-calls", "1", "--duration", "40",
+        ])
+
+        async def online() -> bool:
+            reply = await call("GET", base + "/api/devices")
+            devices = reply.json.get("devices", [])
+            return any(d["online"] and any(c["audio_output"] for c in d["channels"])
+                       for d in devices)
+
+        for _ in range(200):
+            if await online():
+                break
+            await sleep(0.05)
+        else:
+            raise AssertionError("the device never registered:\n" + self.log("device"))
+        tone = await call("POST", base + "/api/sources", json_body={
+            "app": "broadcast", "stream": "tone", "kind": "tone", "frequency": TONE_HZ,
+            "duration": 2})
+        assert tone.json["code"] == 0, tone.json
+        started = await call("POST", base + "/api/broadcast", json_body={
+            "device_ids": [DEVICE_ID], "app": "broadcast", "stream": "tone"})
+        assert started.json["code"] == 0, (started.json, self.log("service"))
+        await until(lambda: device.poll() is not None, timeout=30)
+        out = self.log("device")
+        assert device.returncode == 0, out + self.log("service")
+        path = self.directory / f"{DEVICE_ID}-broadcast-1.wav"
+        pcm = wav.load_8k_mono(str(path))
+        assert len(pcm) > 8000, out
+        assert dominant_frequency(pcm, range(200, 2000, 100)) == TONE_HZ, out
+        assert "0 lost" in out, out
+
+    @async_test
+    async def test_udp_sip_tcp_active_device_hears_the_tone(self) -> None:
+        await self._broadcast("udp", "tcp-active")
+
+    @async_test
+    async def test_tcp_sip_tcp_passive_device_hears_the_tone(self) -> None:
+        await self._broadcast("tcp", "tcp-passive")
+
+    @async_test
+    async def test_udp_media_device_hears_the_tone(self) -> None:
+        await self._broadcast("udp", "udp")
