@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from twisted.trial import unittest
 
@@ -53,13 +54,13 @@ class SimulatorEndToEndTests(unittest.TestCase):
     def log(self, name: str) -> str:
         return (self.directory / f"{name}.out").read_text(errors="replace")
 
-    async def _serve(self, sip: str) -> tuple[str, int]:
+    async def _serve(self, sip: str, *extra: str) -> tuple[str, int]:
         api, sip_port = free_port(), free_port()
         low, high = free_port_range(4)
         self.spawn("service", [
             str(TWISTD), "-n", "gbtalk", "--api", f"tcp:{api}:interface=127.0.0.1",
             "--port-range", f"{low}-{high}", "--sip", f"{sip}:{sip_port}:interface=127.0.0.1",
-            "--sip-password", "12345678", "--sip-advertise", "127.0.0.1",
+            "--sip-password", "12345678", "--sip-advertise", "127.0.0.1", *extra,
         ])
         base = f"http://127.0.0.1:{api}"
         for _ in range(200):
@@ -72,12 +73,11 @@ class SimulatorEndToEndTests(unittest.TestCase):
                 return base, sip_port
         raise AssertionError("the service never answered:\n" + self.log("service"))
 
-    async def _broadcast(self, sip: str, mode: str) -> None:
-        base, sip_port = await self._serve(sip)
+    async def _device(self, base: str, sip_port: int, sip: str, *args: str) -> Any:
         device = self.spawn("device", [
-            str(DEVICE), "--server", f"127.0.0.1:{sip_port}", "--sip", sip, "--mode", mode,
+            str(DEVICE), "--server", f"127.0.0.1:{sip_port}", "--sip", sip,
             "--local-ip", "127.0.0.1", "--wav-dir", str(self.directory), "--expect-audio",
-            "--exit-after-calls", "1", "--duration", "40",
+            "--exit-after-calls", "1", "--duration", "40", *args,
         ])
 
         async def online() -> bool:
@@ -92,6 +92,11 @@ class SimulatorEndToEndTests(unittest.TestCase):
             await sleep(0.05)
         else:
             raise AssertionError("the device never registered:\n" + self.log("device"))
+        return device
+
+    async def _broadcast(self, sip: str, mode: str, *args: str, audio: bool = True) -> str:
+        base, sip_port = await self._serve(sip)
+        device = await self._device(base, sip_port, sip, "--mode", mode, *args)
         tone = await call("POST", base + "/api/sources", json_body={
             "app": "broadcast", "stream": "tone", "kind": "tone", "frequency": TONE_HZ,
             "duration": 2})
@@ -101,12 +106,16 @@ class SimulatorEndToEndTests(unittest.TestCase):
         assert started.json["code"] == 0, (started.json, self.log("service"))
         await until(lambda: device.poll() is not None, timeout=30)
         out = self.log("device")
+        if not audio:
+            assert device.returncode == 1, out + self.log("service")
+            return started.json
         assert device.returncode == 0, out + self.log("service")
         path = self.directory / f"{DEVICE_ID}-broadcast-1.wav"
         pcm = wav.load_8k_mono(str(path))
         assert len(pcm) > 8000, out
         assert dominant_frequency(pcm, range(200, 2000, 100)) == TONE_HZ, out
         assert "0 lost" in out, out
+        return started.json
 
     @async_test
     async def test_udp_sip_tcp_active_device_hears_the_tone(self) -> None:
@@ -119,3 +128,36 @@ class SimulatorEndToEndTests(unittest.TestCase):
     @async_test
     async def test_udp_media_device_hears_the_tone(self) -> None:
         await self._broadcast("udp", "udp")
+
+    @async_test
+    async def test_quirky_devices_still_hear_the_tone(self) -> None:
+        for args in (["--connect-before-ack"], ["--no-ssrc"], ["--retransmit-invite"],
+                     ["--codec", "pcmu"], ["--codec", "ps"], ["--rtcp"]):
+            for process in self.processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait(10)
+            result = await self._broadcast("udp", "tcp-active", *args)
+            assert [r["result"] for r in result["results"]] == ["OK"], (args, result)
+
+    @async_test
+    async def test_a_device_that_never_connects_is_hung_up_and_exits_1(self) -> None:
+        result = await self._broadcast("udp", "tcp-active", "--never-connect", audio=False)
+        assert [r["result"] for r in result["results"]] == ["OK"], result
+        assert "ended (bye)" in self.log("device"), self.log("device")
+        assert "no audio heard by 1 of 1 devices" in self.log("device")
+
+    @async_test
+    async def test_an_invented_nonce_never_registers(self) -> None:
+        base, sip_port = await self._serve("udp")
+        device = self.spawn("device", [
+            str(DEVICE), "--server", f"127.0.0.1:{sip_port}", "--local-ip", "127.0.0.1",
+            "--invent-nonce", "--duration", "2",
+        ])
+        await until(lambda: device.poll() is not None, timeout=20)
+        assert device.returncode == 1
+        out = self.log("device")
+        assert "registration refused: 401 Unauthorized" in out, out
+        assert "a nonce this server did not issue" in self.log("service")
+        devices = await call("GET", base + "/api/devices")
+        assert devices.json["devices"] == []
