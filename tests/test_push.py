@@ -180,6 +180,9 @@ class PushResourceTests(unittest.TestCase):
         root.putChild(b"api", api)
         api.putChild(b"push", PushResource(self.registry))
         api.putChild(b"smallpush", PushResource(self.registry, max_message_bytes=4000))
+        # Backlog flow control alone, with a pace no reader here can fall behind (the pace
+        # is tested on a Clock in test_push_pace).
+        api.putChild(b"fastpush", PushResource(self.registry, pace_factor=1000.0))
         self.connections = WrappingFactory(Site(root))
         self.listener = reactor.listenTCP(  # type: ignore[attr-defined]
             0, self.connections, interface="127.0.0.1"
@@ -374,7 +377,7 @@ class PushResourceTests(unittest.TestCase):
         source = self.registry.create(
             {"app": "live", "stream": "file", "kind": "push", "max_backlog_ms": 200}
         )
-        client = await self.connect("/api/push/live/file")
+        client = await self.connect("/api/fastpush/live/file")
         # 20 s of audio whose every sample says where it is, sent at once in 50 ms messages.
         pcm = struct.pack("<160000h", *(n % 32000 for n in range(160000)))
         for start in range(0, len(pcm), 800):

@@ -68,6 +68,14 @@ class PushSource(LiveSource):
         self._bytes_received = 0
         self._messages_received = 0
         self._pushers_total = 0
+        self.pace: Any = None
+        """The pushers' pace (the web layer's ``PushPace``), kept across pushers so that
+        reconnecting gives no fresh burst; None until the first paced pusher."""
+
+    @property
+    def bytes_per_second(self) -> int:
+        """Real time in the declared format: the bytes a pusher sends per second of audio."""
+        return self.sample_rate * self._sample_bytes
 
     def _new_resampler(self) -> Any:
         """A StreamResampler to 8 kHz mono, or None when the input is already that."""

@@ -27,6 +27,14 @@ closed with code 1009 "message too big"; a text message is refused at its
 first fragment.  Nothing of a message is held, so a pusher that hangs up
 mid-message leaves nothing behind.
 
+Pace: a pusher may hand its source at most twice real time of its declared
+format plus a 2 s burst (:class:`~gb28181talk.web.push_pace.PushPace`, kept by the
+source across pushers), and at most 8 KiB is decoded per reactor turn; while
+either bound holds bytes back the TCP reading is paused, so what a fast pusher
+sends waits in its kernel buffers and its decoding never takes more than a
+small slice of the reactor.  Bytes read but not yet decoded when the pusher
+hangs up (at most one read) are dropped.
+
 Flow control: when the source's backlog passes ``max_backlog_ms`` the
 pusher's TCP transport stops reading (``pauseProducing``), so the client's
 sends back up in the kernel and a client pushing a whole file faster than
@@ -46,6 +54,7 @@ import json
 import select
 import socket
 import sys
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +72,7 @@ from zope.interface import implementer
 from gb28181talk.errors import SourceError
 from gb28181talk.interfaces import IPusher, IPushSource
 from gb28181talk.sources.registry import SourceRegistry
+from gb28181talk.web.push_pace import PACE_FACTOR, TURN_BYTES, PushPace
 
 if TYPE_CHECKING:
     from gb28181talk.sources.push import PushSource
@@ -154,19 +164,36 @@ class _ReadPauser:
         self._check: IDelayedCall | None = None
         self.connected = True
         self.paused = False
+        self.held = False
+        """Reading is stopped by the pusher's pace, not by the backlog."""
 
     def pauseProducing(self) -> None:
         if self.connected:
             self.paused = True
-            self._network.pauseProducing()
+            if not self.held:
+                self._network.pauseProducing()
             self._progress_at = self._progress()
             self._schedule()
 
     def resumeProducing(self) -> None:
         self.paused = False
         self._cancel()
-        if self.connected:
+        if self.connected and not self.held:
             self._network.resumeProducing()
+
+    def hold(self) -> None:
+        """Stop reading for the pace (bytes wait for the clock or the next turn)."""
+        if self.connected and not self.held:
+            self.held = True
+            if not self.paused:
+                self._network.pauseProducing()
+
+    def release_hold(self) -> None:
+        """The pace lets bytes through again: read, unless the backlog pauses reading."""
+        if self.held:
+            self.held = False
+            if self.connected and not self.paused:
+                self._network.resumeProducing()
 
     def stopProducing(self) -> None:
         self._cancel()
@@ -291,11 +318,13 @@ class PushProtocol:
 
     def __init__(
         self, source: PushSource, peer: str, max_message_bytes: int = MAX_MESSAGE_BYTES,
-        clock: IReactorTime | None = None,
+        clock: IReactorTime | None = None, pace_factor: float = PACE_FACTOR,
     ) -> None:
         self.source = source
         self.peer = peer
         self.max_message_bytes = max_message_bytes
+        self.pace_factor = pace_factor
+        """Times real time a pusher may push (the source's pace, made by its first pusher)."""
         self.clock = clock
         """Runs the paused check; None: the reactor the connection runs on."""
         self.transport: WebSocketTransport | None = None
@@ -304,6 +333,11 @@ class PushProtocol:
         self._gone = False
         self._streamed = False
         self._message_bytes = 0
+        self._pace: PushPace | None = None
+        self._pending: deque[tuple[Any, bool]] = deque()
+        """Fragments read but not yet decoded, with whether each ends its message."""
+        self._pending_bytes = 0
+        self._turn: IDelayedCall | None = None
         free_if_hung_up(source)
         if not source.claim(self):
             self._refusal = (CLOSE_POLICY, _busy_message(source))
@@ -339,6 +373,9 @@ class PushProtocol:
                 lambda: self.abandon("nobody is reading the source"),
             )
             self.source.attach_producer(self._pauser)
+            clock = self.clock or _reactor_of(network)
+            if clock is not None:
+                self._pace = _pace_of(self.source, clock, self.pace_factor)
         log.info(
             "pusher {peer} connected to {app}/{stream}",
             peer=self.peer, app=self.source.app, stream=self.source.stream,
@@ -372,12 +409,68 @@ class PushProtocol:
                 "smaller messages (20 to 100 ms each)",
             )
             return
-        self.source.push_bytes(data, message_end=False)
+        if self._pace is None:
+            self.source.push_bytes(data, message_end=False)
+        elif data:
+            self._pending.append((data, False))
+            self._pending_bytes += len(data)
+            self._feed_pending()
 
     def _binary_ended(self) -> None:
         if self._refusal is None and not self._gone:
             self._message_bytes = 0
-            self.source.push_bytes(b"", message_end=True)
+            if self._pace is None:
+                self.source.push_bytes(b"", message_end=True)
+            else:
+                self._pending.append((b"", True))
+                self._feed_pending()
+
+    def _feed_pending(self) -> None:
+        """Decode what was read, within the pace and at most TURN_BYTES this turn.
+
+        What is left waits, with the TCP reading stopped, for the next turn
+        (``callLater(0)``) or, when the pace is spent, for the clock.
+        """
+        pace = self._pace
+        if pace is None or (self._turn is not None and self._turn.active()):
+            return
+        self._turn = None
+        pending, turn = self._pending, TURN_BYTES
+        while pending and turn > 0 and not self._gone:
+            data, ends = pending[0]
+            if not data:
+                pending.popleft()
+                self.source.push_bytes(b"", message_end=True)
+                continue
+            if pace.available() <= 0:
+                break
+            piece = data[:turn]
+            if len(piece) < len(data):
+                pending[0] = (data[len(piece):], ends)
+            else:
+                pending.popleft()
+            self._pending_bytes -= len(piece)
+            turn -= len(piece)
+            pace.take(len(piece))
+            self.source.push_bytes(piece, message_end=False)
+        if self._gone or self._pauser is None:
+            return
+        if not pending:
+            self._pauser.release_hold()
+            return
+        self._pauser.hold()
+        delay = 0.0 if pace.available() > 0 else pace.wait_seconds()
+        self._turn = pace.clock.callLater(delay, self._feed_pending)
+
+    def _drop_pending(self) -> int:
+        """Forget what was read but not decoded (the pusher is gone); the bytes dropped."""
+        if self._turn is not None and self._turn.active():
+            self._turn.cancel()
+        self._turn = None
+        dropped = self._pending_bytes
+        self._pending.clear()
+        self._pending_bytes = 0
+        return dropped
 
     def _text_fragment(self, text: str) -> None:
         if self._refusal is None and not self._gone:
@@ -393,10 +486,13 @@ class PushProtocol:
         self._gone = True
         if self._pauser is not None:
             self._pauser.disconnect()
+        dropped = self._drop_pending()
         if self.source.release(self):
             log.info(
-                "pusher {peer} left {app}/{stream}",
+                "pusher {peer} left {app}/{stream}{dropped}",
                 peer=self.peer, app=self.source.app, stream=self.source.stream,
+                dropped=f" ({dropped} bytes read but not yet decoded were dropped)"
+                if dropped else "",
             )
 
     # -- ours: the pusher the source knows
@@ -414,6 +510,7 @@ class PushProtocol:
         if self._gone or self._pauser is None:
             return
         self._gone = True
+        self._drop_pending()
         pauser = self._pauser
         unread = pauser.unread_bytes()
         self.source.release(self)
@@ -434,9 +531,23 @@ class PushProtocol:
         self._gone = True
         if self._pauser is not None:
             self._pauser.disconnect()
+        self._drop_pending()
         self.transport.sendTextMessage(_json_error(reason))
         short = reason.encode("utf-8")[:123].decode("utf-8", "ignore")  # RFC 6455 limit
         self.transport.loseConnection(code, short)  # type: ignore[call-arg]
+
+
+def _pace_of(source: PushSource, clock: IReactorTime, factor: float) -> PushPace | None:
+    """The source's pace on ``clock`` (made at its first paced pusher), or None (no format)."""
+    pace = getattr(source, "pace", None)
+    if isinstance(pace, PushPace) and pace.clock is clock:
+        return pace
+    rate = getattr(source, "bytes_per_second", 0)
+    if not rate:
+        return None
+    pace = PushPace(rate, clock, factor)
+    source.pace = pace
+    return pace
 
 
 def free_if_hung_up(source: PushSource) -> None:
@@ -463,15 +574,18 @@ def _busy_message(source: PushSource) -> str:
 class _PushFactory:
     """Builds the WebSocket protocol for one push source (a WebSocketServerFactory)."""
 
-    def __init__(self, source: PushSource, max_message_bytes: int) -> None:
+    def __init__(self, source: PushSource, max_message_bytes: int, pace_factor: float) -> None:
         self.source = source
         self.max_message_bytes = max_message_bytes
+        self.pace_factor = pace_factor
 
     def buildProtocol(self, request: Request) -> PushProtocol:
         address = request.getClientAddress()
         host, port = getattr(address, "host", None), getattr(address, "port", None)
         peer = f"{host}:{port}" if host is not None else str(address)
-        return PushProtocol(self.source, peer, self.max_message_bytes)
+        return PushProtocol(
+            self.source, peer, self.max_message_bytes, pace_factor=self.pace_factor
+        )
 
 
 class _JsonRefusal(Resource):
@@ -533,15 +647,18 @@ class PushResource(Resource):
 
     Mount it as the ``push`` child of the ``api`` resource.  It looks the
     source up per request, so sources created later are reachable at once.
-    A binary message over ``max_message_bytes`` is closed with 1009.
+    A binary message over ``max_message_bytes`` is closed with 1009; a pusher
+    may push ``pace_factor`` times real time (plus a burst).
     """
 
     def __init__(
-        self, registry: SourceRegistry, max_message_bytes: int = MAX_MESSAGE_BYTES
+        self, registry: SourceRegistry, max_message_bytes: int = MAX_MESSAGE_BYTES,
+        pace_factor: float = PACE_FACTOR,
     ) -> None:
         super().__init__()
         self.registry = registry
         self.max_message_bytes = max_message_bytes
+        self.pace_factor = pace_factor
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         app = path.decode("utf-8", "replace")
@@ -570,7 +687,9 @@ class PushResource(Resource):
         free_if_hung_up(source)
         if source.pusher is not None or source.ended:
             return _JsonRefusal(409, _busy_message(source))
-        return WebSocketResource(_PushFactory(source, self.max_message_bytes))
+        return WebSocketResource(
+            _PushFactory(source, self.max_message_bytes, self.pace_factor)
+        )
 
     def render(self, request: Request) -> bytes:
         return _JsonRefusal(404, f"no push source named in the URL; {_USAGE}").render(request)
