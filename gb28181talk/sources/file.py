@@ -8,6 +8,13 @@ budget.  Loading never stalls the reactor: the file is read, decoded and
 resampled in the thread a short piece at a time, and the audio is kept in
 segments (:class:`DecodedAudio`) that the source plays from as they are, so
 no whole-file buffer is ever read, built, joined or copied.
+
+The decoding is pure Python and holds the interpreter lock while it runs, on
+the core the reactor runs on: so the service decodes one file at a time
+(:data:`DECODE_LOCK`; loads beyond it wait, their memory already reserved) and
+after each piece the loading thread sleeps as long as the piece took, so the
+reactor is never kept from the lock for more than one piece and a load takes
+at most about half of the core.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import math
 import os
 import stat
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +65,12 @@ SEGMENT_FRAMES = 200
 LOAD_SLACK_BYTES = 256 * 1024
 """What a load needs beyond its decoded audio while it runs (a piece read, decoded, resampled,
 a segment being filled), reserved from the budget until the load ends."""
+
+DECODE_LOCK = threading.Lock()
+"""Held by the service's file load decoding now: one file is decoded at a time."""
+
+MAX_YIELD_SECONDS = 0.005
+"""Longest sleep after a piece (a piece of 48 kHz stereo takes about 2.5 ms)."""
 
 _MIB = 1024 * 1024
 
@@ -243,8 +257,9 @@ def decode_audio(layout: AudioLayout) -> DecodedAudio:
     """Read, decode and resample a file's samples to 8 kHz mono PCM16, a short piece at a time.
 
     Run in a thread, it must let the reactor thread run: no piece is big
-    enough for a C loop (or a copy) to hold the GIL for long, and the output
-    goes into fixed segments instead of one growing buffer.
+    enough for a C loop (or a copy) to hold the GIL for long, the output
+    goes into fixed segments instead of one growing buffer, and (off the main
+    thread) the thread sleeps after each piece as long as the piece took.
     """
     from gb28181talk.media import g711
     from gb28181talk.media.law import Law
@@ -257,6 +272,7 @@ def decode_audio(layout: AudioLayout) -> DecodedAudio:
     segments: list[bytes] = []
     pending = bytearray()
     total = 0
+    yielding = threading.current_thread() is not threading.main_thread()
 
     def take(pcm: bytes) -> None:
         nonlocal total
@@ -274,9 +290,12 @@ def decode_audio(layout: AudioLayout) -> DecodedAudio:
                 chunk = audio_file.read(min(step, left))
                 if not chunk:
                     break  # the file shrank under us: keep what was there
+                began = time.perf_counter() if yielding else 0.0
                 chunk = chunk[: len(chunk) - len(chunk) % layout.frame_bytes]
                 left -= len(chunk)
                 take(resampler.feed(chunk if law is None else g711.decode(law, chunk)))
+                if yielding:  # give the reactor the lock and the core as long again
+                    time.sleep(min(time.perf_counter() - began, MAX_YIELD_SECONDS))
     except OSError as e:
         raise SourceError(f"cannot read audio file {layout.path!r}: {e.strerror or e}") from e
     except (MediaError, ValueError) as e:
@@ -289,18 +308,26 @@ def decode_audio(layout: AudioLayout) -> DecodedAudio:
     return DecodedAudio(tuple(segments), SEGMENT_FRAMES, total)
 
 
-def load_audio_file_within(path: str, memory: FileMemory | None) -> LoadedFile:
+def load_audio_file_within(
+    path: str, memory: FileMemory | None, one_at_a_time: threading.Lock | None = None
+) -> LoadedFile:
     """Probe, reserve from ``memory`` what decoding needs, decode, keep what the audio takes.
 
     The whole load, for the thread pool: a file that does not fit the budget
     is refused (FileMemoryFull, FileTooLargeForMemory) before it is read.
+    With ``one_at_a_time`` (a lock) the decoding waits for that lock, after
+    the reservation, so a load that cannot fit is refused at once.
     """
     layout = probe_audio_file(path)
     lease = None
     if memory is not None:
         lease = memory.reserve(path, layout.decoded_bytes + LOAD_SLACK_BYTES)
     try:
-        audio = decode_audio(layout)
+        if one_at_a_time is None:
+            audio = decode_audio(layout)
+        else:
+            with one_at_a_time:
+                audio = decode_audio(layout)
     except BaseException:
         if lease is not None:
             lease.release()
@@ -322,10 +349,11 @@ def load_audio_file(path: str) -> bytes:
 def load_audio_file_in_thread(
     reactor: Any, path: str, memory: FileMemory | None = None
 ) -> Deferred[LoadedFile]:
-    """:func:`load_audio_file_within` in ``reactor``'s thread pool, so the reactor keeps
-    running; the result is handed over as it is (no copy on the reactor thread)."""
+    """:func:`load_audio_file_within` in ``reactor``'s thread pool, one decoding at a time
+    (:data:`DECODE_LOCK`), so the reactor keeps running; the result is handed over as it
+    is (no copy on the reactor thread)."""
     return deferToThreadPool(
-        reactor, reactor.getThreadPool(), load_audio_file_within, path, memory
+        reactor, reactor.getThreadPool(), load_audio_file_within, path, memory, DECODE_LOCK
     )
 
 
