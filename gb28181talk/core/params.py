@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from gb28181talk.errors import SessionError
@@ -230,5 +230,10 @@ class SessionStats:
     streaming_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready figures."""
-        return asdict(self)
+        """JSON-ready figures (every field is a number: no deep copy, unlike ``asdict``,
+        which took most of a 200-session ``GET /api/sessions``)."""
+        return {name: getattr(self, name) for name in _STATS_FIELDS}
+
+
+_STATS_FIELDS = tuple(field.name for field in fields(SessionStats))
+"""SessionStats' field names in order, for :meth:`SessionStats.as_dict`."""
