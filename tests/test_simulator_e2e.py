@@ -39,6 +39,9 @@ class SimulatorEndToEndTests(unittest.TestCase):
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def tearDown(self) -> None:
+        for name in ("service", "device"):  # shown by pytest when the test failed
+            if (self.directory / f"{name}.out").exists():
+                print(f"---- {name}\n{self.log(name)[-4000:]}")
         for process in self.processes:
             if process.poll() is None:
                 process.kill()
@@ -60,10 +63,12 @@ class SimulatorEndToEndTests(unittest.TestCase):
         self.spawn("service", [
             str(TWISTD), "-n", "gbtalk", "--api", f"tcp:{api}:interface=127.0.0.1",
             "--port-range", f"{low}-{high}", "--sip", f"{sip}:{sip_port}:interface=127.0.0.1",
-            "--sip-password", "12345678", "--sip-advertise", "127.0.0.1", *extra,
+            "--sip-password", "12345678", "--sip-advertise", "127.0.0.1",
+            "--advertise-ip", "127.0.0.1", *extra,
         ])
         base = f"http://127.0.0.1:{api}"
         for _ in range(200):
+            assert self.processes[-1].poll() is None, self.log("service")
             try:
                 reply = await call("GET", base + "/api/health")
             except Exception:
@@ -161,3 +166,29 @@ class SimulatorEndToEndTests(unittest.TestCase):
         assert "a nonce this server did not issue" in self.log("service")
         devices = await call("GET", base + "/api/devices")
         assert devices.json["devices"] == []
+
+    @async_test
+    async def test_talk_both_ways(self) -> None:
+        record = self.directory / "records"
+        record.mkdir()
+        base, sip_port = await self._serve("udp", "--record-dir", str(record))
+        device = await self._device(base, sip_port, "udp", "--tone", "1400")
+        tone = await call("POST", base + "/api/sources", json_body={
+            "app": "broadcast", "stream": "tone", "kind": "tone", "frequency": TONE_HZ})
+        assert tone.json["code"] == 0, tone.json
+        talk = await call("POST", base + "/api/talk", json_body={
+            "device_id": DEVICE_ID, "app": "broadcast", "stream": "tone"})
+        assert talk.json["code"] == 0 and talk.json["result"] == "OK", (
+            talk.json, self.log("service"), self.log("device"))
+        await sleep(2.0)
+        stopped = await call("POST", base + "/api/talk/stop", json_body={"device_id": DEVICE_ID})
+        assert stopped.json["code"] == 0, stopped.json
+        await until(lambda: device.poll() is not None, timeout=20)
+        out = self.log("device")
+        assert device.returncode == 0, out + self.log("service")
+        heard = wav.load_8k_mono(str(self.directory / f"{DEVICE_ID}-talk-1.wav"))
+        assert dominant_frequency(heard, range(200, 2000, 100)) == TONE_HZ, out
+        await until(lambda: list(record.rglob("*.wav")), timeout=10)
+        recorded = wav.load_8k_mono(str(sorted(record.rglob("*.wav"))[0]))
+        assert len(recorded) > 8000
+        assert dominant_frequency(recorded, range(200, 2000, 100)) == 1400, out
