@@ -100,7 +100,7 @@ class CliTests(TestCase):
             ("Max-Forwards", "70"),
             ("Content-Type", "Application/MANSCDP+xml"),
         ]
-        target = device_id[:10] + "137" + device_id[13] + "000001"
+        target = device_id[:10] + "137" + device_id[13:]
         body = build_xml(BroadcastNotify(1, PLATFORM_ID, target))
         self.layer.send(request("MESSAGE", f"sip:{device_id}@{REALM}", headers, body), channel)
 

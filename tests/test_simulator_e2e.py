@@ -57,9 +57,9 @@ class SimulatorEndToEndTests(unittest.TestCase):
     def log(self, name: str) -> str:
         return (self.directory / f"{name}.out").read_text(errors="replace")
 
-    async def _serve(self, sip: str, *extra: str) -> tuple[str, int]:
+    async def _serve(self, sip: str, *extra: str, ports: int = 4) -> tuple[str, int]:
         api, sip_port = free_port(), free_port()
-        low, high = free_port_range(4)
+        low, high = free_port_range(ports)
         self.spawn("service", [
             str(TWISTD), "-n", "gbtalk", "--api", f"tcp:{api}:interface=127.0.0.1",
             "--port-range", f"{low}-{high}", "--sip", f"{sip}:{sip_port}:interface=127.0.0.1",
@@ -192,3 +192,38 @@ class SimulatorEndToEndTests(unittest.TestCase):
         recorded = wav.load_8k_mono(str(sorted(record.rglob("*.wav"))[0]))
         assert len(recorded) > 8000
         assert dominant_frequency(recorded, range(200, 2000, 100)) == 1400, out
+
+    @async_test
+    async def test_count_20_devices_register_and_all_hear_one_broadcast(self) -> None:
+        count = 20
+        base, sip_port = await self._serve("udp", ports=count + 4)
+        ids = [DEVICE_ID[:-6] + f"{n:06d}" for n in range(1, count + 1)]
+        device = self.spawn("device", [
+            str(DEVICE), "--server", f"127.0.0.1:{sip_port}", "--local-ip", "127.0.0.1",
+            "--wav-dir", str(self.directory), "--expect-audio", "--exit-after-calls", "1",
+            "--duration", "40", "--count", str(count), "--report-seconds", "0",
+        ])
+
+        async def registered() -> int:
+            reply = await call("GET", base + "/api/devices")
+            return sum(1 for d in reply.json["devices"]
+                       if d["online"] and any(c["audio_output"] for c in d["channels"]))
+
+        for _ in range(300):
+            if await registered() == count:
+                break
+            await sleep(0.05)
+        assert await registered() == count, self.log("device")
+        tone = await call("POST", base + "/api/sources", json_body={
+            "app": "broadcast", "stream": "tone", "kind": "tone", "frequency": TONE_HZ,
+            "duration": 2})
+        assert tone.json["code"] == 0, tone.json
+        started = await call("POST", base + "/api/broadcast", json_body={
+            "device_ids": ids, "app": "broadcast", "stream": "tone"})
+        errors = [r for r in started.json["results"] if r["result"] != "OK"]
+        assert not errors, f"{errors}\n{self.log('device')[-3000:]}"
+        await until(lambda: device.poll() is not None, timeout=30)
+        assert device.returncode == 0, self.log("device")
+        for device_id in ids:
+            pcm = wav.load_8k_mono(str(self.directory / f"{device_id}-broadcast-1.wav"))
+            assert dominant_frequency(pcm, range(200, 2000, 100)) == TONE_HZ

@@ -90,13 +90,14 @@ def read_command(body: bytes) -> Command:
 
 
 def audio_output_id(device_id: str) -> str:
-    """The device's voice output channel: its ID with type 137 and sequence 1 at the end.
+    """The device's voice output channel: its ID with type 137 (digits 11-13), the rest kept.
 
-    ``34020000001320000001`` -> ``34020000001370000001`` (centre code and network kept).
+    ``34020000001320000007`` -> ``34020000001370000007``: centre code, network and sequence
+    kept, so the devices of ``--count`` have channels of their own.
     """
     if len(device_id) != 20 or not device_id.isdigit():
         return device_id + "-audio"
-    return device_id[:10] + AUDIO_OUTPUT_TYPE + device_id[13:14] + "000001"
+    return device_id[:10] + AUDIO_OUTPUT_TYPE + device_id[13:]
 
 
 def _document(root: str, children: list[str]) -> bytes:
