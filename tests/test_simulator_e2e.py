@@ -169,10 +169,24 @@ class SimulatorEndToEndTests(unittest.TestCase):
 
     @async_test
     async def test_talk_both_ways(self) -> None:
-        record = self.directory / "records"
+        await self._talk()
+
+    @async_test
+    async def test_talk_with_a_quirky_device_voice_is_still_recorded(self) -> None:
+        for quirk in ("--wrong-ssrc", "--no-prefix", "--ps-voice"):
+            for process in self.processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait(10)
+            await self._talk(quirk, name=quirk.strip("-"))
+
+    async def _talk(self, *quirks: str, name: str = "records") -> None:
+        record = self.directory / name
         record.mkdir()
         base, sip_port = await self._serve("udp", "--record-dir", str(record))
-        device = await self._device(base, sip_port, "udp", "--tone", "1400")
+        for old in self.directory.glob("*-talk-1.wav"):
+            old.unlink()
+        device = await self._device(base, sip_port, "udp", "--tone", "1400", *quirks)
         tone = await call("POST", base + "/api/sources", json_body={
             "app": "broadcast", "stream": "tone", "kind": "tone", "frequency": TONE_HZ})
         assert tone.json["code"] == 0, tone.json
