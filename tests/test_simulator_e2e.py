@@ -8,6 +8,7 @@ the device can offer (TCP active, TCP passive, UDP).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -99,12 +100,13 @@ class SimulatorEndToEndTests(unittest.TestCase):
             raise AssertionError("the device never registered:\n" + self.log("device"))
         return device
 
-    async def _broadcast(self, sip: str, mode: str, *args: str, audio: bool = True) -> str:
+    async def _broadcast(self, sip: str, mode: str, *args: str, audio: bool = True,
+                         seconds: float = 2) -> Any:
         base, sip_port = await self._serve(sip)
         device = await self._device(base, sip_port, sip, "--mode", mode, *args)
         tone = await call("POST", base + "/api/sources", json_body={
             "app": "broadcast", "stream": "tone", "kind": "tone", "frequency": TONE_HZ,
-            "duration": 2})
+            "duration": seconds})
         assert tone.json["code"] == 0, tone.json
         started = await call("POST", base + "/api/broadcast", json_body={
             "device_ids": [DEVICE_ID], "app": "broadcast", "stream": "tone"})
@@ -241,3 +243,18 @@ class SimulatorEndToEndTests(unittest.TestCase):
         for device_id in ids:
             pcm = wav.load_8k_mono(str(self.directory / f"{device_id}-broadcast-1.wav"))
             assert dominant_frequency(pcm, range(200, 2000, 100)) == TONE_HZ
+
+    @async_test
+    async def test_no_broadcast_response_is_reported_as_none_and_the_call_goes_on(self) -> None:
+        result = await self._broadcast("udp", "tcp-active", "--no-broadcast-response")
+        assert [(r["result"], r["response"]) for r in result["results"]] == [("OK", None)]
+
+    @async_test
+    async def test_a_slow_reader_hears_less_than_was_sent_and_is_still_hung_up(self) -> None:
+        result = await self._broadcast("udp", "tcp-passive", "--slow-read", seconds=5)
+        assert [r["result"] for r in result["results"]] == ["OK"], result
+        service, device = self.log("service"), self.log("device")
+        sent = int(re.search(r"ended: source-ended.*?; sent (\d+) packets", service).group(1))
+        heard = int(re.findall(r"broadcast 1: (\d+) packets", device)[-1])  # the end figures
+        assert 0 < heard < sent, (heard, sent)
+        assert "ended (bye)" in device
