@@ -68,7 +68,7 @@ class SippBroadcastTests(unittest.TestCase):
         self.addCleanup(shutil.rmtree, self.directory, True)
 
     def sipp_run(self, harness: ServiceHarness, scenario: str, device_port: int,
-                 *extra: str) -> Any:
+                 *extra: str, transport: str = "u1") -> Any:
         sip_port = next(int(child.port.getHost().port) for child in harness.service.sip_services
                         if child.port is not None)
         args = [
@@ -76,7 +76,7 @@ class SippBroadcastTests(unittest.TestCase):
             "-s", DEVICE_ID, "-au", DEVICE_ID, "-ap", PASSWORD,
             "-key", "platform", PLATFORM_ID, "-key", "domain", DOMAIN,
             "-key", "expires", "3600", "-key", "audio", AUDIO_OUT,
-            "-i", "127.0.0.1", "-p", str(device_port), "-t", "u1",
+            "-i", "127.0.0.1", "-p", str(device_port), "-t", transport,
             "-nostdin", "-timeout", "20", "-timeout_error", "-trace_err", *extra,
             f"127.0.0.1:{sip_port}",
         ]
@@ -146,3 +146,41 @@ class SippBroadcastTests(unittest.TestCase):
     @async_test
     async def test_sipp_device_listening_for_tcp_takes_a_broadcast_we_dial(self) -> None:
         self.check_tone(await self.broadcast_to_sipp("TCP/RTP/AVP", "a=setup:passive"))
+
+    @async_test
+    async def test_sipp_device_on_one_sip_tcp_connection_registers_and_takes_a_broadcast(
+        self,
+    ) -> None:
+        """Over SIP/TCP the registry's route is the connection: the Notify, the answers to the
+        device's INVITE and the BYE's answer all go down the one SIPp registered on."""
+        harness = ServiceHarness(sip=("tcp:0:interface=127.0.0.1",), sip_password=PASSWORD,
+                                 sip_advertise="127.0.0.1")
+        harness.start()
+        self.addCleanup(harness.stop)
+        assert (await harness.add_tone("live", "tone", frequency=800)).status == 200
+        heard = Heard()
+        media = reactor.listenUDP(0, heard, interface="127.0.0.1")
+        self.addCleanup(media.stopListening)
+        device = self.sipp_run(
+            harness, "register_wait_broadcast.xml", free_port(),
+            "-oocsf", str(SCENARIOS / "catalog_broadcast_answer.xml"),
+            "-key", "rtp_to", str(media.getHost().port), "-key", "proto", "RTP/AVP",
+            "-key", "setup", "a=connection:new", transport="t1")
+        registry = harness.service.devices
+        assert registry is not None
+        await until(lambda: bool(registry.channel_ids(DEVICE_ID)), timeout=10)
+        [listed] = (await call("GET", harness.url("/api/devices"))).json["devices"]
+        assert listed["transport"] == "TCP"
+        reply = await call("POST", harness.url("/api/broadcast"), json_body={
+            "device_ids": [DEVICE_ID], "app": "live", "stream": "tone"})
+        assert reply.status == 200, reply.json
+        [result] = reply.json["results"]
+        if result["result"] != "OK":
+            raise AssertionError(f"{result}\n{self.output(await device)}")
+        assert result["channel"] == AUDIO_OUT and result["transport"] == "udp"
+        finished = await device
+        assert finished[2] == 0, self.output(finished)
+        await until(lambda: not harness.service.manager.sessions(), timeout=5)
+        assert harness.service.broadcasts is not None
+        assert not harness.service.broadcasts.describe()
+        self.check_tone([parse_rtp(data) for data in heard.datagrams])
