@@ -185,7 +185,7 @@ def open_device(reactor: Any, config: DeviceConfig, local_port: int = 0) -> Any:
         bound = int(stream.transport.getHost().port)
     ua = DeviceUA(reactor, config, channel, bound, say=_say)
     protocol.receiver = ua.layer.transactions
-    ua.sip_port = listening  # type: ignore[attr-defined]
+    ua.sip_port = listening
     ua.start()
     return ua
 

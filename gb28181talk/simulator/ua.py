@@ -158,6 +158,8 @@ class DeviceUA:
         self.ended_calls: list[DeviceCall] = []
         self.on_call_ended: Callable[[DeviceCall], None] = lambda call: None
         self.broadcast_notifies: list[BroadcastNotify] = []
+        self.sip_port: Any = None
+        """The SIP UDP port it listens on (the command line closes it), or None over TCP."""
         self._keepalive: LoopingCall | None = None
         self._refresh: Any = None
         self._numbers = 0
