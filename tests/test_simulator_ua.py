@@ -494,3 +494,18 @@ def test_slow_read_quirk_keeps_the_connection_paused_but_for_short_windows():
     assert transport.producerState == "producing"
     clock.advance(0.01)
     assert transport.producerState == "paused"
+
+
+def test_talk_wav_is_spoken_in_a_loop(tmp_path):
+    from gb28181talk.media.wav import write_wav
+    from gb28181talk.simulator.call import DeviceCall
+
+    pcm = tone(500, 0, 240)  # 30 ms: shorter than two packets, so it loops
+    write_wav(tmp_path / "talk.wav", pcm)
+    call = DeviceCall(Reactor(), DeviceConfig(talk_wav=str(tmp_path / "talk.wav")), "talk", 1,
+                      say=lambda line: None)
+    offer = _talk_offer("passive")
+    call.answer_offer(offer)
+    call._start_voice(offer)
+    spoken = call._next_audio(160) + call._next_audio(160)
+    assert spoken == (pcm + pcm)[:640]
