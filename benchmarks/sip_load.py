@@ -28,6 +28,7 @@ import itertools
 import json
 import os
 import re
+import runpy
 import selectors
 import socket
 import struct
@@ -646,8 +647,25 @@ def flood(sip_port: int, seconds: float, index: int) -> None:
 # --------------------------------------------------------------------------- main
 
 
+def run_twistd_with_udp_read_cap() -> None:
+    """``--run-twistd BYTES TWISTD ARGS...``: twistd with ``udp.Port.maxThroughput`` = BYTES.
+
+    An experiment without touching the service: how much a UDP socket reads per reactor
+    turn (Twisted's default 256 KiB) is what lets a flood hold the reactor.
+    """
+    cap, twistd = int(sys.argv[2]), sys.argv[3]
+    from twisted.internet import udp
+
+    udp.Port.maxThroughput = cap
+    sys.argv = [twistd, *sys.argv[4:]]
+    runpy.run_path(twistd, run_name="__main__")
+
+
 def main() -> None:
     """Run the phases against one service and print and write the figures."""
+    if sys.argv[1:2] == ["--run-twistd"]:
+        run_twistd_with_udp_read_cap()
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=1000, help="devices registered (a, b)")
     parser.add_argument("--register-window", type=int, default=50,
@@ -659,6 +677,9 @@ def main() -> None:
     parser.add_argument("--fanout", type=int, default=500, help="devices of one POST (d)")
     parser.add_argument("--healthy", type=int, default=100, help="streaming sessions (e)")
     parser.add_argument("--flood-window", type=float, default=6.0, help="seconds per round")
+    parser.add_argument("--udp-read-cap", type=int, default=0,
+                        help="experiment: the service's UDP sockets read at most this many "
+                             "bytes per reactor turn (Twisted's default: 262144)")
     parser.add_argument("--flood", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sip-port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--flood-seconds", type=float, default=6.0, help=argparse.SUPPRESS)
@@ -671,8 +692,10 @@ def main() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind((HOST, 0))
         sip_port = int(probe.getsockname()[1])
+    prefix = ([sys.executable, __file__, "--run-twistd", str(args.udp_read_cap)]
+              if args.udp_read_cap else [])
     service = ServiceProcess(
-        log_name="sip_load", probe_gc=False,
+        log_name="sip_load", probe_gc=False, python_prefix=prefix,
         extra=["--sip", f"udp:{sip_port}:interface={HOST}", "--sip-id", PLATFORM_ID,
                "--sip-domain", DOMAIN, "--sip-password", PASSWORD, "--sip-advertise", HOST],
     )
@@ -706,7 +729,8 @@ def main() -> None:
         gen.close()
         report["service_exit"] = service.stop()
     show(report)
-    print(f"wrote {write_result('sip_load', report)}")
+    name = f"sip_load-udpcap{args.udp_read_cap}" if args.udp_read_cap else "sip_load"
+    print(f"wrote {write_result(name, report)}")
 
 
 def show(report: dict[str, Any]) -> None:
