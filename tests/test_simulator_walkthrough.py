@@ -1,7 +1,6 @@
 """"Your first broadcast in two minutes" runs as written: service, simulator, two curl calls.
 
-``WALKTHROUGH`` is the README section's text (proposed for README.rst; once it is there this
-test should read it from the README instead).  Its commands run in order on the section's
+The commands are read from README.rst's section of that name and run in order on the section's
 fixed ports (5060, 8080), so the test is skipped when either is taken.  ``./scripts/serve``
 installs the package before it execs ``twistd -n gbtalk``; the test runs that twistd command
 with the same arguments, as the shared venv is already installed.
@@ -9,12 +8,14 @@ with the same arguments, as the shared venv is already installed.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,37 +23,21 @@ import pytest
 from gb28181talk.media import wav
 from tests.audiocheck import dominant_frequency
 
-WALKTHROUGH = """\
-Your first broadcast in two minutes
-~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+README = Path(__file__).resolve().parent.parent / "README.rst"
+TITLE = "Your first broadcast in two minutes"
 
-The package ships a GB28181 device simulator, ``gb28181talk-device``: it registers
-with digest, keeps alive, answers the catalog with an audio output channel, and
-answers a broadcast with its own INVITE, then writes what it hears to a WAV file.
-Start the service with SIP on::
 
-    ./scripts/serve --sip udp:5060 --sip-password 12345678
-
-In a second terminal, start the device; it stays until it heard one call::
-
-    .venv/bin/gb28181talk-device --server 127.0.0.1:5060 --password 12345678 \\
-        --expect-audio --exit-after-calls 1
-
-In a third, add a 440 Hz tone of 5 s and broadcast it to the device::
-
-    curl -s -X POST http://127.0.0.1:8080/api/sources -H 'Content-Type: application/json' \\
-        -d '{"app": "broadcast", "stream": "tone", "kind": "tone", "frequency": 440, "duration": 5}'
-    curl -s -X POST http://127.0.0.1:8080/api/broadcast -H 'Content-Type: application/json' \\
-        -d '{"device_ids": ["34020000001320000001"], "app": "broadcast", "stream": "tone"}'
-
-The device prints the stream's figures every 2 s (packets, lost, jitter, SSRC);
-when the tone ends the platform hangs up, the device writes
-``34020000001320000001-broadcast-1.wav``, unregisters and exits 0.  Listen to it
-with ``gst-play-1.0 34020000001320000001-broadcast-1.wav``.  ``--mode tcp-passive``
-or ``--mode udp`` offer the other media modes, ``--count 100`` plays a hundred
-devices, and ``gb28181talk-device --help`` lists the quirks of real firmware it can
-play (no ``y=``, no length prefix, connecting before ACK, ...).
-"""
+def walkthrough() -> str:
+    """The README section's text, from its title to the next section's title."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    start = lines.index(TITLE)
+    end = next(
+        (i - 1 for i in range(start + 2, len(lines))
+         if i > 0 and lines[i] and set(lines[i]) <= set("~-=^") and lines[i - 1]
+         and len(lines[i]) >= len(lines[i - 1])),
+        len(lines),
+    )
+    return "\n".join(lines[start:end])
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,7 +46,7 @@ def commands() -> list[str]:
     """The section's commands, in order: its literal blocks' lines, continuations joined."""
     found: list[str] = []
     pending = ""
-    for line in WALKTHROUGH.splitlines():
+    for line in walkthrough().splitlines():
         if not line.startswith("    "):
             continue
         text = pending + line.strip()
@@ -91,6 +76,22 @@ def _argv(command: str) -> list[str]:
     return argv
 
 
+def wait_for_audio_channel(simulator: subprocess.Popen[bytes], seconds: float = 60.0) -> None:
+    """Wait until the device is registered with its audio output channel (GET /api/devices)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and simulator.poll() is None:
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:8080/api/devices", timeout=5) as reply:
+                devices = json.load(reply)["devices"]
+        except OSError:
+            devices = []
+        if any(channel.get("audio_output") for device in devices if device.get("online")
+               for channel in device.get("channels", [])):
+            return
+        time.sleep(0.1)
+    raise AssertionError("the device never registered with an audio output channel")
+
+
 def test_the_walkthrough_runs_as_written(tmp_path: Path) -> None:
     if _taken(8080, socket.SOCK_STREAM) or _taken(5060, socket.SOCK_DGRAM):
         pytest.skip("port 8080 or 5060 is taken on this machine")
@@ -107,7 +108,7 @@ def test_the_walkthrough_runs_as_written(tmp_path: Path) -> None:
         simulator = subprocess.Popen(_argv(device), cwd=tmp_path, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, env=os.environ)
         started.append(simulator)
-        time.sleep(1.5)  # registered and catalogued (the catalog names its audio output)
+        wait_for_audio_channel(simulator)  # what a person sees before the third terminal
         for command in (source, broadcast):
             done = subprocess.run(_argv(command), capture_output=True, text=True, timeout=30)
             assert done.returncode == 0 and '"code": 0' in done.stdout, done.stdout
