@@ -153,8 +153,8 @@ class Options(usage.Options):
          "Devices' default digest password (per device: [sip-passwords] in the config file) "
          "[default: empty, devices register without digest]."],
         ["sip-advertise", None, None,
-         "Address devices reach our SIP and media at (Contact, Via, SDP) "
-         "[default: the advertise IP]."],
+         "Address devices reach our SIP at (Contact, Via; the SDP carries the media "
+         "address, --advertise-ip) [default: the advertise IP]."],
         ["keepalive-expiry", None, None,
          "Seconds without a keepalive before a device is offline "
          f"[default: {DEFAULT_KEEPALIVE_EXPIRY:g}, 3 x the 60 s keepalive interval]."],

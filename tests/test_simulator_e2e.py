@@ -182,6 +182,18 @@ class SimulatorEndToEndTests(unittest.TestCase):
                     process.wait(10)
             await self._talk(quirk, name=quirk.strip("-"))
 
+    async def _heard_both_ways(self, base: str, packets: int = 75) -> None:
+        """Wait until the talk session has sent and received 1.5 s of audio (its own figures)."""
+        for _ in range(1200):
+            listing = await call("GET", base + "/api/sessions")
+            for session in listing.json.get("sessions", []):
+                stats = session["stats"]
+                if stats["packets_received"] >= packets and stats["packets_sent"] >= packets:
+                    return
+            await sleep(0.05)
+        raise AssertionError(f"the talk never carried {packets} packets each way\n"
+                             + self.log("service") + self.log("device"))
+
     async def _talk(self, *quirks: str, name: str = "records") -> None:
         record = self.directory / name
         record.mkdir()
@@ -196,7 +208,7 @@ class SimulatorEndToEndTests(unittest.TestCase):
             "device_id": DEVICE_ID, "app": "broadcast", "stream": "tone"})
         assert talk.json["code"] == 0 and talk.json["result"] == "OK", (
             talk.json, self.log("service"), self.log("device"))
-        await sleep(2.0)
+        await self._heard_both_ways(base)
         stopped = await call("POST", base + "/api/talk/stop", json_body={"device_id": DEVICE_ID})
         assert stopped.json["code"] == 0, stopped.json
         await until(lambda: device.poll() is not None, timeout=20)
