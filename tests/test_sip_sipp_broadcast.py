@@ -10,6 +10,7 @@ test's listening port, which we dial), which receives the tone's RTP until SIPp'
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -28,7 +29,7 @@ from gb28181talk.media.law import Law
 from gb28181talk.media.rtp import parse_rtp
 from tests.audiocheck import dominant_frequency
 from tests.conftest import require_program
-from tests.httpapi import ServiceHarness, async_test, call, sleep, until
+from tests.httpapi import ServiceHarness, async_test, call, until
 from tests.netutil import free_port
 
 SCENARIOS = Path(__file__).with_name("sipp")
@@ -37,6 +38,21 @@ DOMAIN = "3402000000"
 DEVICE_ID = "34020000001320000001"
 AUDIO_OUT = "34020000001370000001"
 PASSWORD = "12345678"
+
+
+def udp_port_taken(port: int) -> bool:
+    """Whether some socket (SIPp, once it has started) holds this UDP port.
+
+    Read from /proc/net/udp rather than by binding a probe, which could take the port
+    from SIPp at the moment it binds.
+    """
+    suffix = f":{port:04X}"
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            next(lines, None)
+            if any(line.split()[1].endswith(suffix) for line in lines):
+                return True
+    return False
 
 
 class Heard(DatagramProtocol):
@@ -112,7 +128,7 @@ class SippBroadcastTests(unittest.TestCase):
         device = self.sipp_run(harness, "broadcast.xml", device_port,
                                "-key", "rtp_to", str(media.getHost().port),
                                "-key", "proto", proto, "-key", "setup", setup)
-        await sleep(0.5)  # SIPp binds the device's port again
+        await until(lambda: udp_port_taken(device_port), timeout=30)  # SIPp listens again
         reply = await call("POST", harness.url("/api/broadcast"), json_body={
             "device_ids": [DEVICE_ID], "app": "live", "stream": "tone"})
         assert reply.status == 200, reply.json
