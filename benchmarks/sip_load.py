@@ -201,13 +201,12 @@ class LoadGenerator:
 
     # ------------------------------------------------------------------ requests we send
 
-    def _headers(self, device: Device, method: str, call_id: str, to: str,
-                 from_user: str | None = None) -> list[tuple[str, str]]:
+    def _headers(self, device: Device, method: str, call_id: str,
+                 to: str) -> list[tuple[str, str]]:
         device.cseq += 1
-        user = from_user or device.id
         return [
             ("Via", f"SIP/2.0/UDP {HOST}:{device.port};rport;branch={_branch()}"),
-            ("From", f"<sip:{user}@{DOMAIN}>;tag={device.tag}"),
+            ("From", f"<sip:{device.id}@{DOMAIN}>;tag={device.tag}"),
             ("To", to),
             ("Call-ID", call_id),
             ("CSeq", f"{device.cseq} {method}"),
@@ -680,6 +679,9 @@ def main() -> None:
     parser.add_argument("--udp-read-cap", type=int, default=0,
                         help="experiment: the service's UDP sockets read at most this many "
                              "bytes per reactor turn (Twisted's default: 262144)")
+    parser.add_argument("--name", default="",
+                        help="results file benchmarks/results/NAME.json (default: sip_load, "
+                             "or sip_load-udpcapBYTES with --udp-read-cap)")
     parser.add_argument("--flood", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sip-port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--flood-seconds", type=float, default=6.0, help=argparse.SUPPRESS)
@@ -729,7 +731,8 @@ def main() -> None:
         gen.close()
         report["service_exit"] = service.stop()
     show(report)
-    name = f"sip_load-udpcap{args.udp_read_cap}" if args.udp_read_cap else "sip_load"
+    name = args.name or (f"sip_load-udpcap{args.udp_read_cap}" if args.udp_read_cap
+                         else "sip_load")
     print(f"wrote {write_result(name, report)}")
 
 
