@@ -23,7 +23,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
 from gb28181talk.device.media import DeviceMedia
-from gb28181talk.media import g711
+from gb28181talk.media import g711, wav
 from gb28181talk.media.framing import Framing
 from gb28181talk.media.law import Law
 from gb28181talk.media.rtp import parse_rtp
@@ -52,6 +52,19 @@ def udp_port_taken(port: int) -> bool:
             next(lines, None)
             if any(line.split()[1].endswith(suffix) for line in lines):
                 return True
+    return False
+
+
+def tcp_port_listening(port: int) -> bool:
+    """Whether some socket listens on this TCP port (state 0A in /proc/net/tcp)."""
+    suffix = f":{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            next(lines, None)
+            for line in lines:
+                fields = line.split()
+                if fields[1].endswith(suffix) and fields[3] == "0A":
+                    return True
     return False
 
 
@@ -104,20 +117,28 @@ class SippBroadcastTests(unittest.TestCase):
         errors = "".join(p.read_text(errors="replace") for p in self.directory.glob("*errors*"))
         return (out + err).decode(errors="replace")[-3000:] + errors[-3000:]
 
-    async def broadcast_to_sipp(self, proto: str, setup: str) -> list[Any]:
-        """Register SIPp, broadcast the tone to it; the RTP packets its media socket got."""
+    async def broadcast_to_sipp(self, proto: str, setup: str,
+                                media_port: int | None = None) -> list[Any]:
+        """Register SIPp, broadcast the tone to it; the RTP packets its media socket got.
+
+        With ``media_port``, the device's media endpoint is someone else's (GStreamer's)
+        listening TCP port, and no packets are returned."""
         harness = ServiceHarness(sip=("udp:0:interface=127.0.0.1",), sip_password=PASSWORD,
                                  sip_advertise="127.0.0.1")
         harness.start()
         self.addCleanup(harness.stop)
         assert (await harness.add_tone("live", "tone", frequency=800)).status == 200
         heard = Heard()
-        if proto == "RTP/AVP":
-            media = reactor.listenUDP(0, heard, interface="127.0.0.1")
+        if media_port is not None:
+            rtp_to = media_port
         else:
-            media = reactor.listenTCP(0, Factory.forProtocol(lambda: Stream(heard)),
-                                      interface="127.0.0.1")
-        self.addCleanup(media.stopListening)
+            if proto == "RTP/AVP":
+                media = reactor.listenUDP(0, heard, interface="127.0.0.1")
+            else:
+                media = reactor.listenTCP(0, Factory.forProtocol(lambda: Stream(heard)),
+                                          interface="127.0.0.1")
+            self.addCleanup(media.stopListening)
+            rtp_to = media.getHost().port
         device_port = free_port()
         registered = await self.sipp_run(harness, "register_keepalive.xml", device_port,
                                          "-oocsf", str(SCENARIOS / "catalog_answer.xml"))
@@ -126,7 +147,7 @@ class SippBroadcastTests(unittest.TestCase):
         assert registry is not None
         await until(lambda: bool(registry.channel_ids(DEVICE_ID)), timeout=10)
         device = self.sipp_run(harness, "broadcast.xml", device_port,
-                               "-key", "rtp_to", str(media.getHost().port),
+                               "-key", "rtp_to", str(rtp_to),
                                "-key", "proto", proto, "-key", "setup", setup)
         await until(lambda: udp_port_taken(device_port), timeout=30)  # SIPp listens again
         reply = await call("POST", harness.url("/api/broadcast"), json_body={
@@ -143,6 +164,8 @@ class SippBroadcastTests(unittest.TestCase):
         await until(lambda: not harness.service.manager.sessions(), timeout=5)
         assert harness.service.broadcasts is not None
         assert not harness.service.broadcasts.describe()
+        if media_port is not None:
+            return []
         if proto == "RTP/AVP":
             return [parse_rtp(data) for data in heard.datagrams]
         stream = DeviceMedia(framing=Framing.RFC4571, keep_packets=True)
@@ -162,6 +185,29 @@ class SippBroadcastTests(unittest.TestCase):
     @async_test
     async def test_sipp_device_listening_for_tcp_takes_a_broadcast_we_dial(self) -> None:
         self.check_tone(await self.broadcast_to_sipp("TCP/RTP/AVP", "a=setup:passive"))
+
+    @async_test
+    async def test_gstreamer_decodes_the_tone_of_a_broadcast_sipp_took(self) -> None:
+        """SIPp does the signalling, GStreamer is the device's media (tcpserversrc): we dial
+        it after the TCP-active offer, and its own depayloader and decoder hear the tone."""
+        gst = require_program("gst-launch-1.0")
+        port = free_port()
+        out = self.directory / "gst-heard.wav"
+        pipeline = (
+            f"tcpserversrc host=127.0.0.1 port={port} ! "
+            "application/x-rtp-stream,media=audio,clock-rate=8000,encoding-name=PCMA,payload=8 ! "
+            "rtpstreamdepay ! rtppcmadepay ! alawdec ! audioconvert ! "
+            f"audio/x-raw,format=S16LE,channels=1,rate=8000 ! wavenc ! filesink location={out}"
+        )
+        player = getProcessOutputAndValue(gst, ["-q", "-e", *pipeline.split()],
+                                          env=dict(os.environ), reactor=reactor)
+        await until(lambda: tcp_port_listening(port), timeout=30)
+        await self.broadcast_to_sipp("TCP/RTP/AVP", "a=setup:passive", media_port=port)
+        _out, errors, code = await player  # EOS when our connection closes at the BYE
+        assert code == 0, errors.decode(errors="replace")
+        pcm = wav.load_8k_mono(str(out))
+        assert len(pcm) >= 2 * 8000, "at least a second of the tone"
+        assert dominant_frequency(pcm, range(300, 1500, 20)) == 800, "the source's tone"
 
     @async_test
     async def test_sipp_device_on_one_sip_tcp_connection_registers_and_takes_a_broadcast(
