@@ -115,7 +115,8 @@ class HookDeliveryTests(unittest.TestCase):
         assert hung_up["reason"] == "device-closed"
         assert hung_up["peer"].startswith("127.0.0.1:")
         assert hung_up["stats"]["packets_sent"] > 0
-        assert self.harness.service.hooks.delivered == 3
+        # The receiver has the body before the deliverer has read its answer: wait for that.
+        await until(lambda: self.harness.service.hooks.delivered == 3)
 
     @async_test
     async def test_shutdown_endings_are_posted_before_the_service_stops(self) -> None:
