@@ -14,7 +14,6 @@ and depth, GB2312/UTF-8 either way.  Sans-I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from xml.parsers import expat
 
 from gb28181talk.errors import ManscdpError
 from gb28181talk.signalling.manscdp import (
@@ -24,6 +23,7 @@ from gb28181talk.signalling.manscdp import (
     _decode,
     _escape,
     _Fields,
+    _parse_tree,
 )
 
 __all__ = [
@@ -125,23 +125,7 @@ def _parse(body: bytes, collector: _Collector) -> _Fields:
         raise TypeError(f"MANSCDP bodies are bytes, not {type(body).__name__}")
     if len(body) > MAX_BODY:
         raise ManscdpError(f"MANSCDP body is {len(body)} bytes; the limit is {MAX_BODY}")
-    text = _decode(bytes(body).rstrip(b"\x00"))
-    parser = expat.ParserCreate()
-    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
-    parser.buffer_text = True
-    parser.StartElementHandler = collector.start_element
-    parser.EndElementHandler = collector.end_element
-    parser.CharacterDataHandler = collector.character_data
-    parser.StartDoctypeDeclHandler = collector.refuse_doctype
-    parser.EntityDeclHandler = collector.refuse_entity
-    parser.UnparsedEntityDeclHandler = collector.refuse_entity
-    parser.ExternalEntityRefHandler = collector.refuse_external
-    try:
-        parser.Parse(text, True)
-    except expat.ExpatError as error:
-        raise ManscdpError(f"MANSCDP body is not well-formed XML: {error}") from None
-    if collector.root is None:  # pragma: no cover - expat reports "no element found" first
-        raise ManscdpError("MANSCDP body has no root element")
+    _parse_tree(_decode(bytes(body).rstrip(b"\x00")), collector)
     return _Fields(collector)
 
 

@@ -244,8 +244,9 @@ class _Collector:
         raise ManscdpError("MANSCDP body refers to an external entity; entities are refused")
 
 
-def _parse_tree(text: str) -> _Collector:
-    collector = _Collector()
+def _parse_tree(text: str, collector: _Collector | None = None) -> _Collector:
+    """Parse with expat behind the guards (no DOCTYPE, no entities) into ``collector``."""
+    collector = collector if collector is not None else _Collector()
     parser = expat.ParserCreate()
     parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
     parser.buffer_text = True
