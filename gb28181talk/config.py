@@ -224,15 +224,20 @@ def _password(value: Any, what: str) -> str:
     return value
 
 
+def _seconds(value: Any) -> float:
+    """A number of seconds from an option's value; NaN (refused by the caller) if it is none."""
+    if isinstance(value, bool):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _keepalive_expiry(value: Any) -> float:
     if value is None:
         return DEFAULT_KEEPALIVE_EXPIRY
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = math.nan
+    seconds = _seconds(value)
     if not math.isfinite(seconds) or not 1 <= seconds <= 86400:
         raise ConfigError(
             f"--keepalive-expiry {value!r} is not usable; give the seconds without a keepalive "
@@ -417,12 +422,7 @@ def _alive_interval(value: Any) -> float:
     """Seconds between on_server_keepalive hooks (ZLMediaKit's hook.alive_interval)."""
     if value is None:
         return DEFAULT_ALIVE_INTERVAL
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = math.nan
+    seconds = _seconds(value)
     if not math.isfinite(seconds) or not 0.5 <= seconds <= 86400:
         raise ConfigError(
             f"--alive-interval {value!r} is not usable; give seconds from 0.5 to 86400, e.g. 10"
