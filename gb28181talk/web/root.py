@@ -24,6 +24,7 @@ from gb28181talk.web.common import (
     RequestArgs,
     TextReply,
 )
+from gb28181talk.web.console import ConsoleFiles, serve, wants_page
 from gb28181talk.web.devices import DeviceDirectory, DevicesResource
 from gb28181talk.web.metrics import CONTENT_TYPE, Metrics
 from gb28181talk.web.native import NativeApi
@@ -55,13 +56,20 @@ class MetricsResource(JsonResource):
 
 
 class RootResource(JsonResource):
-    """``/``: a short JSON index; every unknown path a JSON 404."""
+    """``/``: the console page for browsers, a short JSON index for programs; unknown paths
+    a JSON 404."""
 
     public = True
 
-    def __init__(self, auth: Authenticator) -> None:
+    def __init__(self, auth: Authenticator, console: ConsoleFiles | None = None) -> None:
         super().__init__(auth)
         self.hint = _HINT
+        self.console = console
+
+    def render(self, request: Request) -> bytes | int:
+        if self.console is not None and wants_page(request):
+            return serve(request, self.console.page)
+        return super().render(request)
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         if path == b"" and not request.postpath:
@@ -70,7 +78,7 @@ class RootResource(JsonResource):
 
     def on_GET(self, request: Request, args: RequestArgs) -> dict[str, Any]:
         return {"service": "gb28181talk", "version": __version__,
-                "api": ["/index/api/", "/api/", "/metrics"]}
+                "api": ["/index/api/", "/api/", "/metrics"], "console": "/"}
 
 
 def build_root(
@@ -83,7 +91,9 @@ def build_root(
     """The whole resource tree of the service (``node``: the ZLMediaKit settings, else defaults;
     ``devices``: the SIP registry behind ``/api/devices``, ``broadcasts``/``talks`` the SIP
     flows behind ``/api/broadcast`` and ``/api/talk``; None when SIP is off)."""
-    root = RootResource(auth)
+    console = ConsoleFiles(auth)
+    root = RootResource(auth, console)
+    root.putChild(b"console", console)
     for own_name in (control.advertise_ip, control.manager.pool.interface):
         if own_name:
             auth.site.add_host(own_name)  # the API's own names beside localhost (crosssite.py)
