@@ -1,0 +1,300 @@
+"""The console in a real browser: headless Chromium, the real service, a simulated device.
+
+``twistd -n gbtalk`` runs on loopback with SIP and a secret; ``gb28181talk-device``
+registers over SIP and talks back a 1,400 Hz tone; Chromium's fake microphone plays a
+600 Hz WAV. The page asks for the secret, lists the device, and:
+
+* held push-to-talk pushes the microphone over WebRTC and broadcasts it: the WAV the
+  device writes has the microphone's tone as its dominant frequency;
+* two-way talk plays the device's voice in the page, whose playback analyser reports the
+  device's tone, while the device hears the microphone's.
+
+Screenshots of the page in known states are kept (pytest's tmp path, and
+``$GBTALK_ARTIFACTS`` when set) and must not be blank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gb28181talk.media import wav
+from tests.audiocheck import dominant_frequency
+from tests.browser import (
+    chromium,
+    distinct_colours,
+    require_browser,
+    save_artifact,
+    write_tone,
+)
+from tests.netutil import free_port, free_port_range
+
+pytestmark = pytest.mark.peer
+
+TWISTD = Path(sys.executable).with_name("twistd")
+DEVICE = Path(sys.executable).with_name("gb28181talk-device")
+DEVICE_ID = "34020000001320000001"
+SECRET = "console-browser-secret"
+MIC_HZ = 600
+DEVICE_HZ = 1400
+
+
+def wait_for(what: str, condition: Callable[[], Any], timeout: float = 20.0,
+             explain: Callable[[], str] = lambda: "") -> Any:
+    """Poll ``condition`` until it returns something true; fail saying ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} (waited {timeout:.0f} s)\n{explain()}")
+        time.sleep(0.1)
+
+
+@dataclass
+class Stack:
+    """The service, the device and their logs in one folder."""
+
+    folder: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    base: str = ""
+    sip_port: int = 0
+
+    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        with open(self.folder / f"{name}.out", "wb") as log:
+            process = subprocess.Popen(argv, cwd=self.folder, stdout=log,
+                                       stderr=subprocess.STDOUT, env=os.environ)
+        self.processes[name] = process
+        return process
+
+    def log(self, name: str) -> str:
+        path = self.folder / f"{name}.out"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def logs(self) -> str:
+        return "".join(f"---- {name}\n{self.log(name)[-4000:]}\n" for name in self.processes)
+
+    def api(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method=method, headers={
+            "Authorization": f"Bearer {SECRET}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.loads(response.read())  # type: ignore[no-any-return]
+        except urllib.error.HTTPError as error:
+            return json.loads(error.read())  # type: ignore[no-any-return]
+
+    def serve(self) -> None:
+        api, self.sip_port = free_port(), free_port()
+        low, high = free_port_range(6)
+        argv = [
+            str(TWISTD), "-n", "gbtalk", "--api", f"tcp:{api}:interface=127.0.0.1",
+            "--port-range", f"{low}-{high}",
+            "--sip", f"udp:{self.sip_port}:interface=127.0.0.1", "--sip-password", "12345678",
+            "--sip-advertise", "127.0.0.1", "--advertise-ip", "127.0.0.1", "--secret", SECRET,
+        ]
+        if "--webrtc-advertise" in subprocess.run(
+                [str(TWISTD), "gbtalk", "--help"], capture_output=True, text=True).stdout:
+            argv += ["--webrtc-advertise", "127.0.0.1"]
+        service = self.spawn("service", argv)
+        self.base = f"http://127.0.0.1:{api}"
+
+        def healthy() -> bool:
+            assert service.poll() is None, self.log("service")
+            try:
+                return self.api("GET", "/api/health").get("status") == "ok"
+            except OSError:
+                return False
+
+        wait_for("the service never answered", healthy, explain=self.logs)
+
+    def device(self, *args: str) -> subprocess.Popen[bytes]:
+        device = self.spawn("device", [
+            str(DEVICE), "--server", f"127.0.0.1:{self.sip_port}", "--local-ip", "127.0.0.1",
+            "--password", "12345678", "--wav-dir", str(self.folder), "--tone", str(DEVICE_HZ),
+            "--duration", "120", *args,
+        ])
+
+        def online() -> bool:
+            assert device.poll() is None, self.log("device")
+            return any(d["online"] and any(c["audio_output"] for c in d["channels"])
+                       for d in self.api("GET", "/api/devices").get("devices", []))
+
+        wait_for("the device never registered", online, explain=self.logs)
+        return device
+
+    def console_sessions(self) -> list[dict[str, Any]]:
+        return [s for s in self.api("GET", "/api/sessions")["sessions"] if s["app"] == "console"]
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(10)
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    require_browser()
+    running = Stack(tmp_path)
+    try:
+        yield running
+    finally:
+        running.stop()
+        print(running.logs())
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    require_browser()
+    microphone = write_tone(tmp_path / "tone.wav", MIC_HZ)
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    driver = chromium(profile, microphone)
+    try:
+        yield driver
+    finally:
+        try:
+            for entry in driver.get_log("browser"):
+                print("browser:", entry.get("level"), entry.get("message"))
+        except Exception as error:  # the log is for a failure's report only
+            print("no browser log:", error)
+        driver.quit()
+
+
+def text_of(driver: Any, element_id: str) -> str:
+    return str(driver.execute_script(
+        "return document.getElementById(arguments[0]).textContent", element_id))
+
+
+def data_of(driver: Any, element_id: str, name: str) -> str:
+    return str(driver.execute_script(
+        "return document.getElementById(arguments[0]).dataset[arguments[1]]", element_id, name))
+
+
+def screenshot(driver: Any, folder: Path, name: str) -> Path:
+    """Save the page as ``name``.png (and to $GBTALK_ARTIFACTS); fail if it is blank."""
+    path = folder / f"{name}.png"
+    png = driver.get_screenshot_as_png()
+    path.write_bytes(png)
+    save_artifact(path)
+    assert distinct_colours(png) > 8, f"the screenshot {path} is blank"
+    return path
+
+
+def page_log(driver: Any) -> str:
+    return text_of(driver, "log") + "\nstate: " + text_of(driver, "state")
+
+
+def open_console(driver: Any, stack: Stack) -> None:
+    """Load the page, give it the secret it asks for, wait for the device's row."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(stack.base + "/")
+    form = driver.find_element(By.ID, "secret-form")
+    wait_for("the page never asked for the secret", form.is_displayed,
+             explain=lambda: text_of(driver, "service"))
+    driver.find_element(By.ID, "secret").send_keys(SECRET)
+    driver.find_element(By.ID, "secret-save").click()
+    row = f'tr[data-device-id="{DEVICE_ID}"]'
+    wait_for("the device never showed in the page", lambda: driver.find_elements(
+        By.CSS_SELECTOR, row), explain=lambda: text_of(driver, "service"))
+    assert not form.is_displayed()
+    assert "online" in driver.find_element(By.CSS_SELECTOR, row).text
+    pick = driver.find_element(By.CSS_SELECTOR, row + " input.pick")
+    assert pick.is_selected(), "the only device is chosen for the operator"
+    assert driver.execute_script("return sessionStorage.getItem('gb28181talk.secret')") == SECRET
+
+
+def heard(stack: Stack, kind: str) -> bytes:
+    """The PCM of the device's WAV of its ``kind`` call (broadcast or talk)."""
+    found = wait_for(f"the device wrote no {kind} WAV", lambda: sorted(
+        stack.folder.glob(f"{DEVICE_ID}-{kind}-*.wav")), explain=stack.logs)
+    return wav.load_8k_mono(str(found[0]))
+
+
+def test_the_page_lists_the_device_after_the_secret_and_is_not_blank(
+        stack: Stack, browser: Any, tmp_path: Path) -> None:
+    stack.serve()
+    stack.device()
+    open_console(browser, stack)
+    assert browser.find_element("id", "ptt").is_enabled()
+    assert data_of(browser, "state", "state") == "idle"
+    assert browser.find_element("id", "insecure").is_displayed() is False  # 127.0.0.1
+    screenshot(browser, tmp_path, "console-device-listed")
+
+
+def test_push_to_talk_reaches_the_device_and_two_way_talk_plays_its_voice(
+        stack: Stack, browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    stack.serve()
+    device = stack.device("--expect-audio", "--exit-after-calls", "2")
+    open_console(browser, stack)
+
+    # Hold to talk: the microphone's tone reaches the device.
+    ptt = browser.find_element("id", "ptt")
+    ActionChains(browser).click_and_hold(ptt).perform()
+    wait_for("push-to-talk never started talking",
+             lambda: data_of(browser, "state", "state") in ("talking", "error"),
+             explain=lambda: page_log(browser) + stack.logs())
+    assert data_of(browser, "state", "state") == "talking", page_log(browser) + stack.logs()
+    wait_for("the broadcast never carried 3 s of audio", lambda: any(
+        s["state"] == "streaming" and s["stats"]["packets_sent"] >= 150
+        for s in stack.console_sessions()), timeout=30,
+        explain=lambda: page_log(browser) + stack.logs())
+    assert int(data_of(browser, "meter-out", "level")) > -60, "the microphone meter moves"
+    screenshot(browser, tmp_path, "console-talking")
+    ActionChains(browser).release(ptt).perform()
+    pcm = heard(stack, "broadcast")
+    assert len(pcm) > 8000 * 2, stack.logs()
+    assert dominant_frequency(pcm, range(200, 2000, 100)) == MIC_HZ, stack.logs()
+    wait_for("the page never went back to idle",
+             lambda: data_of(browser, "state", "state") == "idle",
+             explain=lambda: page_log(browser))
+    wait_for("the push was not ended", lambda: not stack.console_sessions())
+
+    # Two-way talk: the page plays the device's tone, the device hears the microphone.
+    browser.find_element("id", "talk").click()
+
+    def device_tone() -> bool:
+        if data_of(browser, "state", "state") == "error":
+            raise AssertionError(page_log(browser) + stack.logs())
+        return abs(int(data_of(browser, "meter-in", "frequency")) - DEVICE_HZ) <= 25
+
+    wait_for(f"the page's playback analyser never heard the device's {DEVICE_HZ} Hz",
+             device_tone, timeout=30, explain=lambda: (
+                 f"frequency {data_of(browser, 'meter-in', 'frequency')} level "
+                 f"{data_of(browser, 'meter-in', 'level')}\n" + page_log(browser) + stack.logs()))
+    wait_for("the talk never carried 2 s of audio each way", lambda: any(
+        s["stats"]["packets_sent"] >= 100 and s["stats"]["packets_received"] >= 100
+        for s in stack.console_sessions()), timeout=30, explain=stack.logs)
+    screenshot(browser, tmp_path, "console-two-way-talk")
+    browser.find_element("id", "talk").click()  # hang up
+    pcm = heard(stack, "talk")
+    assert dominant_frequency(pcm, range(200, 2000, 100)) == MIC_HZ, stack.logs()
+    wait_for("the device did not finish its two calls", lambda: device.poll() is not None,
+             explain=stack.logs)
+    assert device.returncode == 0, stack.logs()
+    wait_for("the page never went back to idle",
+             lambda: data_of(browser, "state", "state") == "idle",
+             explain=lambda: page_log(browser))
+    peers = stack.api("GET", "/api/webrtc")
+    wait_for("the page left WebRTC peers behind",
+             lambda: not stack.api("GET", "/api/webrtc").get("peers"), explain=lambda: str(peers))
