@@ -28,9 +28,11 @@ FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--disable-default-apps", "--disable-extensions", "--window-size=1280,1000",
-    "--autoplay-policy=no-user-gesture-required",
-    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required", "--use-fake-device-for-media-stream",
 )
+
+GRANT_MICROPHONE = "--use-fake-ui-for-media-stream"
+"""Answer the microphone prompt yes (without it, the test denies the permission over CDP)."""
 
 
 def require_browser() -> None:
@@ -49,14 +51,20 @@ def require_browser() -> None:
     pytest.skip(message)
 
 
-def chromium(profile: Path, microphone: Path | None = None) -> Any:
-    """A headless Chromium under WebDriver with a fresh profile and the fake microphone."""
+def chromium(profile: Path, microphone: Path | None = None, grant: bool = True,
+             extra: tuple[str, ...] = ()) -> Any:
+    """A headless Chromium under WebDriver with a fresh profile and the fake microphone
+    (``grant``: the page may have it, else the browser refuses it); ``extra`` flags."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in FLAGS:
+        options.add_argument(flag)
+    if grant:
+        options.add_argument(GRANT_MICROPHONE)
+    for flag in extra:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
     if microphone is not None:
@@ -66,6 +74,12 @@ def chromium(profile: Path, microphone: Path | None = None) -> Any:
     driver = webdriver.Chrome(service=service, options=options)
     driver.set_page_load_timeout(30)
     return driver
+
+
+def block_microphone(driver: Any, origin: str) -> None:
+    """As if the operator had answered the microphone prompt of ``origin`` "Block"."""
+    driver.execute_cdp_cmd("Browser.setPermission", {
+        "permission": {"name": "microphone"}, "setting": "denied", "origin": origin})
 
 
 def write_tone(path: Path, frequency: float, seconds: float = 10.0, rate: int = 48000) -> Path:

@@ -32,6 +32,7 @@ import pytest
 from gb28181talk.media import wav
 from tests.audiocheck import dominant_frequency
 from tests.browser import (
+    block_microphone,
     chromium,
     distinct_colours,
     require_browser,
@@ -161,21 +162,32 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 
 
 @pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
+def browsers(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start headless Chromiums (fake microphone playing the tone); all quit at the end."""
     require_browser()
     microphone = write_tone(tmp_path / "tone.wav", MIC_HZ)
-    profile = tmp_path / "profile"
-    profile.mkdir()
-    driver = chromium(profile, microphone)
-    try:
-        yield driver
-    finally:
+    started: list[Any] = []
+
+    def start(grant: bool = True, extra: tuple[str, ...] = ()) -> Any:
+        profile = tmp_path / f"profile-{len(started)}"
+        profile.mkdir()
+        started.append(chromium(profile, microphone, grant=grant, extra=extra))
+        return started[-1]
+
+    yield start
+    for driver in started:
         try:
             for entry in driver.get_log("browser"):
                 print("browser:", entry.get("level"), entry.get("message"))
         except Exception as error:  # the log is for a failure's report only
             print("no browser log:", error)
         driver.quit()
+
+
+@pytest.fixture
+def browser(browsers: Callable[..., Any]) -> Any:
+    """One Chromium whose page may have the (fake) microphone."""
+    return browsers()
 
 
 def text_of(driver: Any, element_id: str) -> str:
@@ -202,11 +214,11 @@ def page_log(driver: Any) -> str:
     return text_of(driver, "log") + "\nstate: " + text_of(driver, "state")
 
 
-def open_console(driver: Any, stack: Stack) -> None:
+def open_console(driver: Any, stack: Stack, base: str = "") -> None:
     """Load the page, give it the secret it asks for, wait for the device's row."""
     from selenium.webdriver.common.by import By
 
-    driver.get(stack.base + "/")
+    driver.get((base or stack.base) + "/")
     form = driver.find_element(By.ID, "secret-form")
     wait_for("the page never asked for the secret", form.is_displayed,
              explain=lambda: text_of(driver, "service"))
@@ -298,3 +310,37 @@ def test_push_to_talk_reaches_the_device_and_two_way_talk_plays_its_voice(
     peers = stack.api("GET", "/api/webrtc")
     wait_for("the page left WebRTC peers behind",
              lambda: not stack.api("GET", "/api/webrtc").get("peers"), explain=lambda: str(peers))
+
+
+def test_a_blocked_microphone_is_said_in_plain_words(
+        stack: Stack, browsers: Callable[..., Any], tmp_path: Path) -> None:
+    stack.serve()
+    stack.device()
+    driver = browsers(grant=False)
+    block_microphone(driver, stack.base)
+    open_console(driver, stack)
+    driver.find_element("id", "ptt").click()
+    wait_for("the page never said the microphone is blocked",
+             lambda: data_of(driver, "state", "state") == "error", explain=lambda: page_log(driver))
+    assert text_of(driver, "state").startswith("The microphone is blocked: allow it"), (
+        page_log(driver))
+    assert not stack.console_sessions()
+    assert driver.find_element("id", "ptt").get_attribute("aria-pressed") == "false"
+    screenshot(driver, tmp_path, "console-microphone-blocked")
+
+
+def test_plain_http_from_another_host_says_why_there_is_no_microphone(
+        stack: Stack, browsers: Callable[..., Any]) -> None:
+    """Served as http://console.test (mapped to 127.0.0.1): not a secure context."""
+    stack.serve()
+    stack.device()
+    driver = browsers(extra=("--host-resolver-rules=MAP console.test 127.0.0.1",))
+    open_console(driver, stack, base=stack.base.replace("127.0.0.1", "console.test"))
+    note = driver.find_element("id", "insecure")
+    assert note.is_displayed()
+    assert "served over plain HTTP from console.test" in note.text
+    assert "HTTPS" in note.text and "localhost" in note.text
+    driver.find_element("id", "ptt").click()
+    wait_for("pressing talk did not explain", lambda: data_of(driver, "state", "state")
+             == "error", explain=lambda: page_log(driver))
+    assert "browsers give the microphone only to HTTPS pages" in text_of(driver, "state")

@@ -333,7 +333,7 @@ function unique(prefix) {
 /** Open the microphone and push it to the service as the source console/<stream>. */
 async function pushMicrophone(op, prefix) {
   context();
-  setState("busy", "Opening the microphone…");
+  setState("busy", "Opening the microphone (allow it if the browser asks)…");
   op.mic = await microphone();
   meterOut.attach(op.mic);
   if (op.ending) {
@@ -471,9 +471,7 @@ async function stopTalk(op) {
 function begin(kind) {
   const op = { kind, devices: [...view.selected], parts: [], up: false, ending: false };
   op.started = (kind === "ptt" ? startBroadcast(op) : startTalk(op)).catch((error) => {
-    if (!op.ending) {
-      fail(error, kind === "ptt" ? "broadcast" : "talk");
-    }
+    fail(error, kind === "ptt" ? "broadcast" : "talk"); // even if released meanwhile
     op.failed = true;
     end(op);
   });
@@ -512,7 +510,10 @@ async function end(op) {
     meterIn.detach();
     $("playback").srcObject = null;
   }
-  if (!op.failed && $("state").dataset.state !== "error") {
+  if (!op.failed && !op.up && op.kind === "ptt") {
+    setState("idle", "Released before the call was up: hold the button while you talk, or "
+      + "tick \"press once to start\".");
+  } else if (!op.failed && $("state").dataset.state !== "error") {
     setState("idle", "Idle.");
   }
   if (op.up) {
