@@ -50,7 +50,7 @@ def test_a_browser_gets_the_page_and_a_program_the_json_index(service: InMemoryA
 def test_every_file_has_its_type_an_etag_and_the_page_policy(service: InMemoryApi) -> None:
     names = sorted(load_files())
     assert {"index.html", "console.js", "console.css", "api.js", "rtc.js", "meter.js",
-            "words.js"} <= set(names)
+            "words.js", "icon.svg"} <= set(names)
     for name in names:
         status, headers, body = get(service, b"/console/" + name.encode())
         assert status == 200, name
@@ -74,7 +74,7 @@ def test_the_page_loads_only_its_own_files(service: InMemoryApi) -> None:
     names = set(load_files())
     assert {link.removeprefix("/console/") for link in links} <= names
     for name in names:
-        text = (FOLDER / name).read_text()
+        text = (FOLDER / name).read_text().replace('xmlns="http://www.w3.org/2000/svg"', "")
         assert "http://" not in text.replace("http://localhost", "")
         assert "https://" not in text and "//cdn" not in text, name
         for module in re.findall(r'from "\./([^"]+)"', text):
