@@ -45,6 +45,7 @@ OPTION_NAMES = (
     "record-dir",
     "media-dir",
     "max-file-memory",
+    "workers",
     "server-id",
     "alive-interval",
     "stream-schemas",
@@ -81,6 +82,8 @@ class ServiceConfig:
     record_dir: str | None = None
     media_dir: str | None = None
     max_file_memory: int = DEFAULT_FILE_MEMORY
+    workers: int = 1
+    """Media worker processes; 1: everything in this one process (no workers)."""
     server_id: str = DEFAULT_SERVER_ID
     alive_interval: float = DEFAULT_ALIVE_INTERVAL
     stream_schemas: tuple[str, ...] = DEFAULT_SCHEMAS
@@ -156,6 +159,7 @@ def build_config(
         record_dir=_directory(merged, "record-dir", writable=True),
         media_dir=_directory(merged, "media-dir", writable=False),
         max_file_memory=_file_memory(merged.get("max-file-memory")),
+        workers=_workers(merged.get("workers")),
         server_id=_text(merged, "server-id", DEFAULT_SERVER_ID),
         alive_interval=_alive_interval(merged.get("alive-interval")),
         stream_schemas=_stream_schemas(merged.get("stream-schemas")),
@@ -492,6 +496,28 @@ def _file_memory(value: Any) -> int:
             f"hold, from 1 to {MAX_FILE_MEMORY_MIB}, e.g. {DEFAULT_FILE_MEMORY // 2**20}"
         )
     return mib * 2**20
+
+
+MAX_WORKERS = 256
+"""The most media worker processes --workers may ask for."""
+
+
+def _workers(value: Any) -> int:
+    """--workers: how many media worker processes (1: none, all in this process)."""
+    if value is None:
+        return 1
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        count = int(value)
+    except (TypeError, ValueError):
+        count = 0
+    if not 1 <= count <= MAX_WORKERS:
+        raise ConfigError(
+            f"--workers {value!r} is not usable; give the number of media worker processes, "
+            f"from 1 (all in this process) to {MAX_WORKERS}, e.g. {os.cpu_count() or 2}"
+        )
+    return count
 
 
 def _directory(values: Mapping[str, Any], name: str, writable: bool) -> str | None:

@@ -83,6 +83,7 @@ from gb28181talk.web.zlm_events import NodeEvents
 from gb28181talk.web.zlm_node import DEFAULT_ALIVE_INTERVAL, DEFAULT_SCHEMAS, NodeSettings
 from gb28181talk.web.zlm_rtp import announce_rtp_timeouts
 from gb28181talk.web.zlm_streams import StreamView
+from gb28181talk.workers.manager import WorkerManager, WorkersService
 
 log = Logger()
 
@@ -133,6 +134,9 @@ class Options(usage.Options):
         ["max-file-memory", None, None,
          "MiB that all file sources' decoded audio may hold, loaded and loading; a file that "
          f"does not fit is refused [default: {DEFAULT_FILE_MEMORY // 2**20}]."],
+        ["workers", None, None,
+         "Media worker processes that run the talk sessions (one per core suits a big "
+         "server); 1 runs everything in this one process [default: 1]."],
         ["server-id", None, None,
          f"mediaServerId reported in webhooks [default: {DEFAULT_SERVER_ID}]."],
         ["alive-interval", None, None,
@@ -361,7 +365,10 @@ class GbTalkService(MultiService):
         low, high = config.port_range
         self.pool = PortPool(reactor, low, high, config.media_interface)
         self.pacer = Pacer(reactor)
-        self.manager = SessionManager(reactor, self.pool, self.pacer)
+        self.workers: WorkerManager | None = None
+        if config.workers > 1:  # the media plane in worker processes (gb28181talk.workers)
+            self.workers = WorkerManager(reactor, self.pool, self.pacer, workers=config.workers)
+        self.manager: Any = self.workers or SessionManager(reactor, self.pool, self.pacer)
         self.manager.add_observer(LoggingObserver())
         self.registry = SourceRegistry(
             media_root=config.media_dir, max_file_memory=config.max_file_memory
@@ -423,6 +430,8 @@ class GbTalkService(MultiService):
                                   partial(listen_sip, reactor, sip, self.sip.transactions))
                 for sip in config.sip
             ]
+        if self.workers is not None:  # up before the API; stopped once the sessions ended
+            WorkersService(self.workers).setServiceParent(self)
         ShutdownStep("talk sessions", self._end_sessions).setServiceParent(self)
         # Before the listeners, so it stops after them (no keepalive says "up" once the API
         # is closed); it sends on_server_started a turn after start, once the API listens.

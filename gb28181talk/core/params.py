@@ -52,6 +52,8 @@ class EndReason(enum.StrEnum):
     """The device sent more than its receive budget: audio faster than time passes, or
     frames and bytes over its per-second share, persistently."""
     ERROR = "error"
+    WORKER_LOST = "worker-lost"
+    """The media worker process running the session exited (``--workers``)."""
     SHUTDOWN = "shutdown"
 
 

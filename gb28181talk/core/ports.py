@@ -237,6 +237,16 @@ class PortPool:
             return self._listen_explicit(None, owner, port, bind)
         return self._listen_from_pool(None, owner, bind)
 
+    def lease_with(self, bind: Binder, owner: str, port: int = 0) -> Lease:
+        """Lease ``port`` (0: a free one of the pool) with a socket ``bind`` makes.
+
+        The rules and errors of :meth:`listen`, for sockets bound here and handed to
+        a media worker (``--workers``): ``bind`` returns what ``release`` stops.
+        """
+        if port:
+            return self._listen_explicit(None, owner, port, bind)
+        return self._listen_from_pool(None, owner, bind)
+
     def release(self, lease: Lease) -> Deferred[None]:
         """Stop listening and return the port once its socket is closed; only the first call acts.
 

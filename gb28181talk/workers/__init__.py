@@ -1,0 +1,1 @@
+"""Media workers (``--workers N``): talk sessions in child processes the control places."""
