@@ -72,6 +72,11 @@ export function broadcastRefusal(result) {
   }
   const device = result.device_id;
   const reason = result.reason || "no reason given";
+  if (/pool .*exhausted|could not bind any of the .* pool ports/.test(reason)) {
+    return `No free talk port for device ${device}: the port pool is exhausted (every port `
+      + "of the service's --port-range is in use). End a session, or give the service a wider "
+      + "--port-range.";
+  }
   switch (result.status) {
     case 404:
       return `Device ${device} is not registered or not online.`;
