@@ -117,9 +117,11 @@ class ControlProtocol(amp.AMP):
         self.link: WorkerLink | None = None
 
     def connectionLost(self, reason: Failure) -> None:
-        super().connectionLost(reason)
+        # The link first: its sessions end with worker-lost before the calls still
+        # waiting for an answer fail.
         if self.link is not None:
             self.link.lost(f"its connection closed ({reason.getErrorMessage()})")
+        super().connectionLost(reason)
 
     @Connected.responder
     def connected(self, session_id: str, host: str, peer_port: int) -> dict[str, Any]:

@@ -81,6 +81,7 @@ class WorkerManager:
         self._source_ids = 0
         self.running = False
         self.restarts = 0
+        self._refills: dict[int, Any] = {}
 
     @property
     def shutting_down(self) -> bool:
@@ -110,6 +111,10 @@ class WorkerManager:
     def stop_workers(self) -> Deferred[None]:
         """Close every worker's connection (they exit); fires once every process has ended."""
         self.running = False
+        for call in self._refills.values():
+            if call.active():
+                call.cancel()
+        self._refills.clear()
         exits = [link.close() for link in self.links if link is not None]
         return gatherResults(exits).addCallback(lambda _: None)
 
@@ -132,9 +137,11 @@ class WorkerManager:
     def _worker_exited(self, link: WorkerLink) -> None:
         if self.links[link.index] is link and self.running and not self.shutting_down:
             self.restarts += 1
-            self._reactor.callLater(RESTART_DELAY, self._refill, link)
+            self._refills[link.index] = self._reactor.callLater(
+                RESTART_DELAY, self._refill, link)
 
     def _refill(self, link: WorkerLink) -> None:
+        self._refills.pop(link.index, None)
         if self.links[link.index] is link:
             self._fill(link.index)
 
@@ -216,6 +223,8 @@ class WorkerManager:
             session.port = answer["port"]
 
     def _start_failed(self, link: WorkerLink, session: RemoteSession, failure: Any) -> None:
+        if not link.up:  # the worker is gone: its sessions ended with worker-lost
+            return
         log.warn("media worker {index} could not start talk session {id}: {why}",
                  index=link.index, id=session.id, why=failure.getErrorMessage())
         self._end(session, EndReason.ERROR, f"the media worker refused it: "
