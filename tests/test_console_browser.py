@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +31,10 @@ from typing import Any
 
 import pytest
 
+from gb28181talk.device.media import DeviceMedia
 from gb28181talk.media import wav
+from gb28181talk.media.framing import Framing
+from gb28181talk.media.law import Law
 from tests.audiocheck import dominant_frequency
 from tests.browser import (
     block_microphone,
@@ -97,15 +102,16 @@ class Stack:
         except urllib.error.HTTPError as error:
             return json.loads(error.read())  # type: ignore[no-any-return]
 
-    def serve(self, ports: int = 6) -> None:
+    def serve(self, ports: int = 6, sip: bool = True) -> None:
         api, self.sip_port = free_port(), free_port()
         low, high = free_port_range(ports)
         argv = [
             str(TWISTD), "-n", "gbtalk", "--api", f"tcp:{api}:interface=127.0.0.1",
-            "--port-range", f"{low}-{high}",
-            "--sip", f"udp:{self.sip_port}:interface=127.0.0.1", "--sip-password", "12345678",
-            "--sip-advertise", "127.0.0.1", "--advertise-ip", "127.0.0.1", "--secret", SECRET,
+            "--port-range", f"{low}-{high}", "--advertise-ip", "127.0.0.1", "--secret", SECRET,
         ]
+        if sip:
+            argv += ["--sip", f"udp:{self.sip_port}:interface=127.0.0.1", "--sip-password",
+                     "12345678", "--sip-advertise", "127.0.0.1"]
         if "--webrtc-advertise" in subprocess.run(
                 [str(TWISTD), "gbtalk", "--help"], capture_output=True, text=True).stdout:
             argv += ["--webrtc-advertise", "127.0.0.1"]
@@ -222,16 +228,26 @@ def page_log(driver: Any) -> str:
     return text_of(driver, "log") + "\nstate: " + text_of(driver, "state")
 
 
-def open_console(driver: Any, stack: Stack, base: str = "") -> None:
-    """Load the page, give it the secret it asks for, wait for the device's row."""
+def give_secret(driver: Any, url: str) -> None:
+    """Load the page and give it the secret it asks for."""
     from selenium.webdriver.common.by import By
 
-    driver.get((base or stack.base) + "/")
+    driver.get(url)
     form = driver.find_element(By.ID, "secret-form")
     wait_for("the page never asked for the secret", form.is_displayed,
              explain=lambda: text_of(driver, "service"))
     driver.find_element(By.ID, "secret").send_keys(SECRET)
     driver.find_element(By.ID, "secret-save").click()
+    wait_for("the page kept asking for the secret", lambda: not form.is_displayed(),
+             explain=lambda: text_of(driver, "service"))
+
+
+def open_console(driver: Any, stack: Stack, base: str = "") -> None:
+    """Load the page, give it the secret it asks for, wait for the device's row."""
+    from selenium.webdriver.common.by import By
+
+    give_secret(driver, (base or stack.base) + "/")
+    form = driver.find_element(By.ID, "secret-form")
     row = f'tr[data-device-id="{DEVICE_ID}"]'
     wait_for("the device never showed in the page", lambda: driver.find_elements(
         By.CSS_SELECTOR, row), explain=lambda: text_of(driver, "service"))
@@ -385,3 +401,65 @@ def test_a_device_that_never_connects_and_an_exhausted_pool_are_said_in_plain_wo
     screenshot(browser, tmp_path, "console-did-not-connect")
     wait_for("the page left WebRTC peers behind",
              lambda: not stack.api("GET", "/api/webrtc").get("peers"))
+
+
+class TalkPortReader:
+    """A device without SIP: connects to a talk port and keeps the RTP it hears (a thread)."""
+
+    def __init__(self, port: int) -> None:
+        self.media = DeviceMedia(framing=Framing.RFC4571, keep_packets=True)
+        self.connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self.connection.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            self.media.receive(data, time.monotonic())
+
+    def pcm(self) -> bytes:
+        """What it heard once the service closed the connection."""
+        self.thread.join(20)
+        self.connection.close()
+        return self.media.pcm16(Law.ALAW)
+
+
+def test_without_sip_the_console_lists_sources_and_talks_through_a_session(
+        stack: Stack, browser: Any, tmp_path: Path) -> None:
+    stack.serve(sip=False)
+    give_secret(browser, stack.base + "/")
+    wait_for("the page never showed the SIP-less view", lambda: text_of(
+        browser, "targets-title") == "Sources and sessions", explain=lambda: page_log(browser))
+    assert browser.find_element("id", "direct").is_displayed()
+    assert not browser.find_element("id", "devices").is_displayed()
+    made = stack.api("POST", "/api/sources", {"app": "broadcast", "stream": "tone",
+                                              "kind": "tone", "frequency": 440})
+    assert made["code"] == 0, made
+    wait_for("the page never listed the new source",
+             lambda: "broadcast/tone (tone)" in text_of(browser, "sources"))
+    screenshot(browser, tmp_path, "console-without-sip")
+    stack.require_webrtc()
+    browser.find_element("id", "toggle-mode").click()
+    browser.find_element("id", "ptt").click()
+    sessions = wait_for("the page opened no talk session", stack.console_sessions,
+                        explain=lambda: page_log(browser) + stack.logs())
+    assert sessions[0]["ssrc"] == 100000001 and sessions[0]["state"] == "listening"
+    wait_for("the page never said where the device must connect", lambda: (
+        f"Waiting for the device on port {sessions[0]['local_port']}"
+        in text_of(browser, "state")), explain=lambda: page_log(browser))
+    device = TalkPortReader(sessions[0]["local_port"])
+    wait_for("the page never listed the session streaming", lambda: "streaming with"
+             in text_of(browser, "sessions"), explain=lambda: page_log(browser))
+    wait_for("the session never carried 3 s of audio", lambda: any(
+        s["stats"]["packets_sent"] >= 150 for s in stack.console_sessions()), timeout=30,
+        explain=lambda: page_log(browser) + stack.logs())
+    browser.find_element("id", "ptt").click()  # press once more: stop
+    pcm = device.pcm()
+    assert len(pcm) > 8000 * 2, stack.logs()
+    assert dominant_frequency(pcm, range(200, 2000, 100)) == MIC_HZ, stack.logs()
+    wait_for("the session was not ended", lambda: not stack.console_sessions())
