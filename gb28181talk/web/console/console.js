@@ -345,6 +345,23 @@ async function pushMicrophone(op, prefix) {
   await connected(op.push.pc);
 }
 
+/** Call `start` again while the service does not know the pushed source yet (its first
+ * packets may still be on the way when the WebRTC connection is up). */
+async function onceLive(op, start) {
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await start();
+    } catch (error) {
+      const early = error instanceof ApiError && error.code === -500 && attempt < 10
+        && String(error.message).includes(op.stream);
+      if (!early || op.ending) {
+        throw error;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  }
+}
+
 // ------------------------------------------------------------------ push-to-talk (broadcast)
 
 async function startBroadcast(op) {
@@ -355,10 +372,9 @@ async function startBroadcast(op) {
   if (view.sip === false) {
     const ssrc = $("ssrc").value.trim();
     setState("busy", "Opening a talk port…");
-    const reply = await api("POST", "/api/sessions", { json: {
-      app: APP, stream: op.stream, ssrc } });
+    const reply = await onceLive(op, () => api("POST", "/api/sessions", { json: {
+      app: APP, stream: op.stream, ssrc } }));
     op.parts = [{ device_id: null, session_id: reply.session.id, lastState: "listening" }];
-    op.sessionIds = [reply.session.id];
     op.up = true;
     setState("talking", `Waiting for the device on port ${reply.local_port} (SSRC ${ssrc}); `
       + "talking as soon as it connects. Release to stop.");
@@ -367,8 +383,8 @@ async function startBroadcast(op) {
   }
   const devices = op.devices;
   setState("busy", `Calling ${devices.join(", ")}…`);
-  const reply = await api("POST", "/api/broadcast", { json: {
-    device_ids: devices, app: APP, stream: op.stream } });
+  const reply = await onceLive(op, () => api("POST", "/api/broadcast", { json: {
+    device_ids: devices, app: APP, stream: op.stream } }));
   const ok = reply.results.filter((result) => result.result === "OK");
   for (const result of reply.results) {
     const refusal = broadcastRefusal(result);
@@ -412,16 +428,16 @@ async function startTalk(op) {
     const ssrc = $("ssrc").value.trim();
     voice = unique("voice");
     setState("busy", "Opening a two-way talk port…");
-    const reply = await api("POST", "/api/sessions", { json: {
-      app: APP, stream: op.stream, ssrc, recv_stream_id: voice } });
+    const reply = await onceLive(op, () => api("POST", "/api/sessions", { json: {
+      app: APP, stream: op.stream, ssrc, recv_stream_id: voice } }));
     op.parts = [{ device_id: null, session_id: reply.session.id, lastState: "listening" }];
     setState("busy", `Waiting for the device on port ${reply.local_port} (SSRC ${ssrc})…`);
     say(`Two-way talk port ${reply.local_port} opened for SSRC ${ssrc}.`);
   } else {
     const device = op.devices[0];
     setState("busy", `Calling ${device} for two-way talk…`);
-    const reply = await api("POST", "/api/talk", { json: {
-      device_id: device, app: APP, stream: op.stream } });
+    const reply = await onceLive(op, () => api("POST", "/api/talk", { json: {
+      device_id: device, app: APP, stream: op.stream } }));
     op.parts = [{ device_id: device, session_id: reply.session_id, lastState: "listening" }];
     [app, voice] = reply.device_audio.split("/", 2);
   }
