@@ -2,6 +2,12 @@
 // one fetch per call, and refusals as ApiError (the API's code, HTTP status and message).
 
 const SECRET_KEY = "gb28181talk.secret";
+let leaving = false;
+
+/** The page is going away: later calls must outlive it (fetch's keepalive). */
+export function pageLeaving() {
+  leaving = true;
+}
 
 /** A refusal of the API: {"code": non-zero, "msg"}, or no answer at all (code null). */
 export class ApiError extends Error {
@@ -47,7 +53,8 @@ export async function api(method, path, options = {}) {
   let response;
   try {
     response = await fetch(path, { method, headers, body, cache: "no-store",
-                                   credentials: "omit", redirect: "error" });
+                                   credentials: "omit", redirect: "error",
+                                   keepalive: leaving });
   } catch (error) {
     throw new ApiError(null, 0, "the service does not answer (is it running, is the "
                        + "network up?)", path);

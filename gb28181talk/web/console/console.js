@@ -2,7 +2,7 @@
 // second, push-to-talk (a WebRTC push of the microphone, then one broadcast to every chosen
 // device), two-way talk with the device's voice played here, and a meter for each way.
 
-import { api, ApiError, secret, setSecret } from "./api.js";
+import { api, ApiError, pageLeaving, secret, setSecret } from "./api.js";
 import { Meter } from "./meter.js";
 import { connected, openPeer, remoteAudio } from "./rtc.js";
 import { broadcastRefusal, explain, insecureNote, sessionGone } from "./words.js";
@@ -617,8 +617,14 @@ $("stop-all").addEventListener("click", () => {
 });
 
 window.addEventListener("pagehide", () => {
+  pageLeaving(); // the hang-ups below still reach the service
   end(ptt);
   end(talk);
+});
+window.addEventListener("blur", () => {
+  if (!toggleMode()) {
+    releaseTalk(); // a button held while the window lost focus never sees its release
+  }
 });
 
 // ------------------------------------------------------------------ start
