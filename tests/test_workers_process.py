@@ -76,6 +76,16 @@ class WorkersEndToEndTests(unittest.TestCase):
             if device.transport is not None:
                 device.transport.abortConnection()
 
+    async def ready(self, count: int = 2) -> list[dict[str, Any]]:
+        """Wait until ``count`` workers answered (before that, sessions run in the control)."""
+        views: list[dict[str, Any]] = []
+        for _ in range(400):
+            views = (await self.pool())["workers"]
+            if sum(view["ready"] for view in views) >= count:
+                return views
+            await sleep(0.025)
+        raise AssertionError(f"the workers never became ready: {views}")
+
     async def passive(self, ssrc: int, stream: str = "tone") -> dict[str, Any]:
         reply = await self.harness.zlm("startSendRtpPassive", query={
             "app": "broadcast", "stream": stream, "ssrc": str(ssrc), "use_ps": "0", "pt": "8"})
@@ -97,6 +107,7 @@ class WorkersEndToEndTests(unittest.TestCase):
     @async_test
     async def test_sessions_on_two_workers_play_the_tone_to_real_devices(self) -> None:
         assert (await self.harness.add_tone()).json["code"] == 0
+        await self.ready()
         first = await self.passive(1)
         native = await call("POST", self.harness.url("/api/sessions"),
                             json_body={"app": "broadcast", "stream": "tone", "ssrc": 2})
@@ -123,6 +134,7 @@ class WorkersEndToEndTests(unittest.TestCase):
     @async_test
     async def test_a_killed_worker_ends_its_sessions_only_and_is_restarted(self) -> None:
         assert (await self.harness.add_tone()).json["code"] == 0
+        await self.ready()
         started = [await self.passive(ssrc) for ssrc in (11, 12, 13, 14)]
         by_port = {view["local_port"]: view for view in await self.sessions()}
         devices = {start["local_port"]: await self.device(start["local_port"])
@@ -151,6 +163,8 @@ class WorkersEndToEndTests(unittest.TestCase):
         # A new worker 0 comes up and takes the new sessions (it is the least loaded).
         await until(lambda: 0 in worker_pids(os.getpid())
                     and worker_pids(os.getpid())[0] != pids[0], timeout=10)
+        workers = await self.ready()
+        assert [view["sessions"] for view in workers] == [0, 2], workers
         assert worker_pids(os.getpid())[1] == pids[1]
         fresh = await self.passive(21)
         fresh_device = await self.device(fresh["local_port"])
@@ -169,6 +183,7 @@ class WorkersEndToEndTests(unittest.TestCase):
     @async_test
     async def test_worker_lost_is_the_reason_hooks_and_observers_hear(self) -> None:
         assert (await self.harness.add_tone()).json["code"] == 0
+        await self.ready()
         heard: list[tuple[str, str]] = []
 
         from zope.interface import implementer

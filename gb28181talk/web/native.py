@@ -213,7 +213,11 @@ class PoolResource(JsonResource):
         self.control = control
 
     def on_GET(self, request: Request, args: RequestArgs) -> dict[str, Any]:
-        return self.control.manager.pool.describe()
+        view = self.control.manager.pool.describe()
+        workers = getattr(self.control.manager, "describe_workers", None)
+        if workers is not None:  # --workers N: one pool, and which worker runs how many
+            view["workers"] = workers()
+        return view
 
 
 class HealthResource(JsonResource):

@@ -76,6 +76,12 @@ class Json(amp.Unicode):
 # -- control -> worker
 
 
+class Hello(amp.Command):
+    """Is the worker up?  It answers with its pid once its reactor runs."""
+
+    response = [(b"pid", amp.Integer())]
+
+
 class StartSession(amp.Command):
     """Run this talk session; ``fd`` is the socket the control bound on ``port`` (or None)."""
 
@@ -116,10 +122,10 @@ class SourceEnded(amp.Command):
 
 
 class Connected(amp.Command):
-    """The session's device connected from host:port."""
+    """The session's device connected from host:port (to ``local_port``: an active one's)."""
 
     arguments = [(b"session_id", amp.Unicode()), (b"host", amp.Unicode()),
-                 (b"peer_port", amp.Integer())]
+                 (b"peer_port", amp.Integer()), (b"local_port", amp.Integer())]
     requiresAnswer = False
 
 

@@ -26,6 +26,7 @@ from gb28181talk.workers.commands import (
     DeviceAudio,
     Ended,
     Frame,
+    Hello,
     PortClosed,
     Refused,
     SourceEnded,
@@ -49,6 +50,8 @@ class WorkerLink:
         self.pid: int | None = None
         self.process: Any = None
         self.up = True
+        self.ready = False
+        """True once the worker answered Hello: only then is it given sessions."""
         self.sessions: set[str] = set()
         """Ids of the live sessions placed here."""
         self.leased: set[str] = set()
@@ -79,11 +82,24 @@ class WorkerLink:
         if self.up:
             self.protocol.callRemote(SourceEnded, source_id=source_id)
 
+    def greet(self) -> Deferred[Any]:
+        """Ask the worker whether it is up; ``ready`` once it answers."""
+
+        def answered(answer: dict[str, Any]) -> None:
+            self.ready = self.up
+
+        def failed(failure: Failure) -> None:
+            log.info("media worker {index} did not answer: {why}", index=self.index,
+                     why=failure.getErrorMessage())
+
+        return self.protocol.callRemote(Hello).addCallbacks(answered, failed)
+
     def lost(self, why: str) -> None:
         """The worker is gone (its connection closed or its process ended): tell once."""
         if not self.up:
             return
         self.up = False
+        self.ready = False
         if self.process is not None and self.pid is not None:
             try:
                 self.process.signalProcess("KILL")  # a worker that lost us must not live on
@@ -124,8 +140,9 @@ class ControlProtocol(amp.AMP):
         super().connectionLost(reason)
 
     @Connected.responder
-    def connected(self, session_id: str, host: str, peer_port: int) -> dict[str, Any]:
-        self.handler.worker_connected(session_id, (host, peer_port))
+    def connected(self, session_id: str, host: str, peer_port: int,
+                  local_port: int) -> dict[str, Any]:
+        self.handler.worker_connected(session_id, (host, peer_port), local_port)
         return {}
 
     @Refused.responder
@@ -198,5 +215,6 @@ def spawn_worker(reactor: Any, index: int, handler: Any, *, interface: str = "",
     finally:
         theirs.close()
     link.pid = link.process.pid
+    link.greet()
     log.info("media worker {index} started, pid {pid}", index=index, pid=link.pid)
     return link

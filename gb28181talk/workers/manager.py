@@ -12,8 +12,9 @@ reads it as ever) and forwards the device's voice to the session's sinks.
 
 What stays in the control: sessions given their own transport (``rtp-server``
 talk-back on an ``openRtpServer`` connection), and every session while no
-worker is up.  A worker that exits: its sessions end with ``worker-lost``,
-their ports return, the slot is started again, the other workers go on.
+worker is ready (it answered Hello: the first half second after start).
+A worker that exits: its sessions end with ``worker-lost``, their ports
+return, the slot is started again, the other workers go on.
 """
 
 from __future__ import annotations
@@ -50,10 +51,10 @@ Launcher = Callable[[int, Any], WorkerLink]
 
 
 def least_loaded(links: Sequence[WorkerLink]) -> WorkerLink | None:
-    """The live worker with the fewest sessions (the lowest slot on a tie), or None."""
+    """The ready worker with the fewest sessions (the lowest slot on a tie), or None."""
     best: WorkerLink | None = None
     for link in links:
-        if link.up and (best is None or link.load < best.load):
+        if link.up and link.ready and (best is None or link.load < best.load):
             best = link
     return best
 
@@ -283,7 +284,8 @@ class WorkerManager:
     def describe_workers(self) -> list[dict[str, Any]]:
         """Each worker slot: its pid, whether it is up, how many sessions it runs."""
         return [{"index": index, "pid": link.pid if link else None,
-                 "up": bool(link and link.up), "sessions": link.load if link else 0}
+                 "up": bool(link and link.up), "ready": bool(link and link.ready),
+                 "sessions": link.load if link else 0}
                 for index, link in enumerate(self.links)]
 
     # -- ends
@@ -344,11 +346,14 @@ class WorkerManager:
     def _live(self, session_id: str) -> RemoteSession | None:
         return self._remote.get(session_id)
 
-    def worker_connected(self, session_id: str, peer: tuple[str, int]) -> None:
-        """The session's device connected in its worker."""
+    def worker_connected(self, session_id: str, peer: tuple[str, int],
+                         local_port: int = 0) -> None:
+        """The session's device connected in its worker (to ``local_port``)."""
         session = self._live(session_id)
         if session is None:
             return
+        if local_port:
+            session.port = local_port
         session.peer = peer
         session.connected_at = self._reactor.seconds()
         session.state = SessionState.STREAMING

@@ -9,6 +9,7 @@ Its events go back as AMP commands; figures every :data:`STATS_INTERVAL` s.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.internet.task import LoopingCall
@@ -28,6 +29,7 @@ from gb28181talk.workers.commands import (
     DeviceAudio,
     Ended,
     Frame,
+    Hello,
     PortClosed,
     Refused,
     SourceEnded,
@@ -76,7 +78,7 @@ class _Reporter:
 
     def session_connected(self, session: Any, peer: tuple[str, int]) -> None:
         self._worker.tell(Connected, session_id=session.id, host=peer[0],
-                                peer_port=peer[1])
+                          peer_port=peer[1], local_port=session.port)
 
     def device_refused(self, session: Any, peer: tuple[str, int], why: str) -> None:
         self._worker.tell(Refused, session_id=session.id, host=peer[0],
@@ -133,6 +135,11 @@ class WorkerProtocol(amp.AMP):
             self.on_lost()
 
     # -- commands from the control
+
+    @Hello.responder
+    def hello(self) -> dict[str, int]:
+        """The control asks whether this worker is up: it is, with this pid."""
+        return {"pid": os.getpid()}
 
     @StartSession.responder
     def start_session(self, session_id: str, params: str, source_id: int, port: int,
