@@ -352,10 +352,15 @@ def test_a_blocked_microphone_is_said_in_plain_words(
         stack: Stack, browsers: Callable[..., Any], tmp_path: Path) -> None:
     stack.serve()
     stack.device()
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
     driver = browsers(grant=False)
     block_microphone(driver, stack.base)
     open_console(driver, stack)
-    driver.find_element("id", "ptt").click()
+    ptt = driver.find_element("id", "ptt")
+    driver.execute_script("arguments[0].focus()", ptt)
+    ActionChains(driver).key_down(Keys.SPACE).pause(0.3).key_up(Keys.SPACE).perform()  # held
     wait_for("the page never said the microphone is blocked",
              lambda: data_of(driver, "state", "state") == "error", explain=lambda: page_log(driver))
     assert text_of(driver, "state").startswith("The microphone is blocked: allow it"), (
