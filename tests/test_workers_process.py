@@ -18,12 +18,17 @@ from typing import Any
 
 from twisted.trial import unittest
 
+from gb28181talk.device.voice import DeviceVoice
+from gb28181talk.media.framing import Framing
 from gb28181talk.media.law import Law
 from gb28181talk.media.rtp import RtpPacket
+from tests.audiocheck import dominant_frequency
 from tests.devices import DeviceClient, connect_device
 from tests.httpapi import ServiceHarness, async_test, call, sleep, until
 from tests.netutil import free_port, free_port_range
 from tests.test_sources import goertzel_ratio
+from tests.test_zlm_send_modes import tone_pcm
+from tests.wvp import CANDIDATES
 
 TWISTD = Path(sys.executable).with_name("twistd")
 
@@ -179,6 +184,36 @@ class WorkersEndToEndTests(unittest.TestCase):
             assert continuous(device.packets())
             assert not device.closed.called
         assert waiting["local_port"] not in devices
+
+    @async_test
+    async def test_two_way_the_voice_heard_on_one_worker_is_played_on_the_other(self) -> None:
+        assert (await self.harness.add_tone()).json["code"] == 0
+        await self.ready()
+        talk = await self.harness.zlm("startSendRtpPassive", query={
+            "app": "broadcast", "stream": "tone", "ssrc": "41", "use_ps": "0", "pt": "8",
+            "recv_stream_id": "voice"})
+        assert talk.json["code"] == 0, talk.json
+        speaker = await self.device(talk.json["local_port"])
+        assert self.harness.service.registry.find("broadcast", "voice") is not None
+        hears = await self.passive(42, stream="voice")
+        listener = await self.device(hears["local_port"])
+        assert sorted(view["worker"] for view in await self.sessions()) == [0, 1]
+        voice = DeviceVoice(0x5151, framing=Framing.RFC4571)
+        speaker.send(voice.speak(tone_pcm(700, 1.5)))
+        await until(lambda: listener.media.audio_seconds >= 1.0, timeout=10)
+        assert dominant_frequency(listener.audio(), CANDIDATES) == 700
+        assert continuous(listener.packets())
+        assert goertzel_ratio(speaker.audio(Law.ALAW)[:8000], 440) > 0.9  # it hears the tone
+
+        async def received() -> int:
+            views = {view["local_port"]: view for view in await self.sessions()}
+            return views[talk.json["local_port"]]["stats"]["packets_received"]  # type: ignore[no-any-return]
+
+        for _ in range(200):
+            if await received() >= 75:  # the worker's figures reach the control
+                break
+            await sleep(0.05)
+        assert await received() >= 75
 
     @async_test
     async def test_worker_lost_is_the_reason_hooks_and_observers_hear(self) -> None:
