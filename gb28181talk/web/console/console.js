@@ -395,7 +395,8 @@ async function startBroadcast(op) {
   op.parts = ok.map((result) => ({ device_id: result.device_id,
                                    session_id: result.session_id, lastState: "listening" }));
   if (!ok.length) {
-    throw new Error(reply.results.map(broadcastRefusal).join(" "));
+    throw new Error(reply.results.length === 1 ? broadcastRefusal(reply.results[0])
+      : "None of the devices took the broadcast; the log below says why for each.");
   }
   op.up = true;
   const names = ok.map((result) => result.device_id).join(", ");
