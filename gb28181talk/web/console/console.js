@@ -386,8 +386,8 @@ async function startBroadcast(op) {
   const reply = await onceLive(op, () => api("POST", "/api/broadcast", { json: {
     device_ids: devices, app: APP, stream: op.stream } }));
   const ok = reply.results.filter((result) => result.result === "OK");
-  for (const result of reply.results) {
-    const refusal = broadcastRefusal(result);
+  for (const result of reply.results.length > 1 ? reply.results : []) {
+    const refusal = broadcastRefusal(result); // (one device's refusal is the error itself)
     if (refusal) {
       say(refusal, { error: true });
     }
