@@ -150,6 +150,50 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def proc_descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (a service's media workers), from /proc's children lists."""
+    found: list[int] = []
+    waiting = [pid]
+    while waiting:
+        parent = waiting.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as children:
+                    kids = [int(kid) for kid in children.read().split()]
+            except OSError:
+                continue
+            found.extend(kids)
+            waiting.extend(kids)
+    return found
+
+
+def proc_tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and all its descendants (``--workers``: control + workers), the
+    reaped ones included (the parent's cutime/cstime)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    total = sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
+    for child in proc_descendants(pid):
+        try:
+            total += proc_cpu_seconds(child)
+        except OSError:
+            continue  # it exited between the listing and the read
+    return total
+
+
+def proc_tree_rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` and its live descendants, in KiB."""
+    total = proc_rss_kib(pid)
+    for child in proc_descendants(pid):
+        with contextlib.suppress(OSError):
+            total += proc_rss_kib(child)
+    return total
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all cores spent busy so far (from /proc/stat: everything but idle and iowait)."""
     with open("/proc/stat") as stat:
@@ -215,8 +259,8 @@ class ProcSampler:
                 self.samples.append(
                     (
                         time.monotonic(),
-                        proc_cpu_seconds(self.pid),
-                        proc_rss_kib(self.pid),
+                        proc_tree_cpu_seconds(self.pid),
+                        proc_tree_rss_kib(self.pid),
                         machine_busy_seconds(),
                     )
                 )
@@ -293,8 +337,10 @@ class ServiceProcess:
         pinned: bool = True,
         probe_gc: bool = True,
         gc_freeze: bool = False,
+        workers: int = 1,
     ) -> None:
         self.port_range = port_range
+        self.workers = workers
         self.pinned = pinned
         self.gc_log: Path | None = (
             RESULTS / f"{log_name}.gc.jsonl" if probe_gc or gc_freeze else None
@@ -325,6 +371,7 @@ class ServiceProcess:
             "127.0.0.1",
             "--wait-timeout",
             f"{wait_timeout:g}",
+            *(["--workers", str(workers)] if workers > 1 else []),
             *extra,
         ]
         self.process: subprocess.Popen[bytes] | None = None
@@ -340,7 +387,9 @@ class ServiceProcess:
         for stale in (self.log_path, self.gc_log):
             if stale is not None and stale.exists():
                 stale.unlink()
-        cpus = {SERVICE_CPU} if self.pinned and (os.cpu_count() or 1) > 1 else None
+        # Workers inherit the pinning: with --workers the service keeps every core.
+        pinned = self.pinned and self.workers == 1 and (os.cpu_count() or 1) > 1
+        cpus = {SERVICE_CPU} if pinned else None
         self.process = subprocess.Popen(
             self.command,
             stdin=subprocess.DEVNULL,
@@ -365,10 +414,12 @@ class ServiceProcess:
         raise RuntimeError(f"the service did not answer within {ready_timeout} s")
 
     def cpu_seconds(self) -> float:
-        return proc_cpu_seconds(self.pid)
+        """CPU seconds of the service's whole process tree (control + media workers)."""
+        return proc_tree_cpu_seconds(self.pid)
 
     def rss_kib(self) -> int:
-        return proc_rss_kib(self.pid)
+        """Resident memory of the service's whole process tree."""
+        return proc_tree_rss_kib(self.pid)
 
     def fd_count(self) -> int:
         return proc_fd_count(self.pid)

@@ -69,7 +69,7 @@ def measure(args: argparse.Namespace, sessions: int, sources: int = 1,
     """One run: a fresh service, ``sessions`` streaming sessions, ``args.duration`` s measured."""
     port_range = (args.port_low, args.port_low + max(sessions, 1) + 500)
     service = ServiceProcess(port_range, wait_timeout=120, log_name=f"service_load{label}",
-                             gc_freeze=args.gc_freeze)
+                             gc_freeze=args.gc_freeze, workers=args.workers)
     service.start()
     profiler: subprocess.Popen[bytes] | None = None
     try:
@@ -248,6 +248,8 @@ def sweep(args: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="the service's --workers (1: one process, pinned to its core)")
     parser.add_argument("--packet-ms", type=int, default=20)
     parser.add_argument("--duration", type=float, default=30.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=3.0)
@@ -290,6 +292,8 @@ def main() -> None:
         name = f"service_load-{args.packet_ms}ms"
         if args.sources > 1:
             name += f"-{args.sources}sources"
+        if args.workers > 1:
+            name += f"-{args.workers}workers"
         report = {"command": sys.argv, "run": result}
         print_table(HEADERS, [row(result)])
     path = write_result(name, report)
