@@ -121,9 +121,10 @@ class WorkerManager:
 
     def _worker_lost(self, link: WorkerLink, why: str) -> None:
         """A worker is gone: its sessions end with worker-lost and their ports return."""
-        log.warn("media worker {index} (pid {pid}) is gone: {why}; its {count} talk "
-                 "session(s) end with worker-lost", index=link.index, pid=link.pid, why=why,
-                 count=len(link.sessions))
+        if not self.running and not link.sessions:  # stopped with the service
+            log.info("media worker {index} (pid {pid}) stopped", index=link.index, pid=link.pid)
+        else:
+            self._lost_warning(link, why)
         for session_id in list(link.sessions):
             session = self._remote.get(session_id)
             if session is not None:
@@ -134,6 +135,12 @@ class WorkerManager:
         for source, relay in list(link.relays.items()):
             self.pacer.detach(source, relay)
         link.relays.clear()
+
+    @staticmethod
+    def _lost_warning(link: WorkerLink, why: str) -> None:
+        log.warn("media worker {index} (pid {pid}) is gone: {why}; its {count} talk "
+                 "session(s) end with worker-lost", index=link.index, pid=link.pid, why=why,
+                 count=len(link.sessions))
 
     def _worker_exited(self, link: WorkerLink) -> None:
         if self.links[link.index] is link and self.running and not self.shutting_down:
