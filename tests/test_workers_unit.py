@@ -248,3 +248,46 @@ def test_params_survive_the_wire(ssrc: int, packet_ms: int, law: Law, packaging:
 
 def test_stats_from_a_newer_worker_ignore_unknown_figures() -> None:
     assert stats_from_dict({"packets_sent": 3, "brand_new": 1}).packets_sent == 3
+
+
+class RestartTests(unittest.TestCase):
+    def test_a_worker_that_keeps_dying_young_waits_longer_each_time(self) -> None:
+        clock = MemoryReactorClock()
+        loop = Loopback()
+        manager = WorkerManager(clock, PortPool(clock, 30000, 30009), workers=1, launch=loop)
+        manager.start_workers()
+        delays = []
+        for _ in range(3):
+            link = manager.links[0]
+            assert link is not None
+            link.process_ended("killed")
+            (call,) = [call for call in clock.getDelayedCalls() if call.active()
+                       and call.func == manager._refill]
+            delays.append(call.getTime() - clock.seconds())
+            clock.advance(delays[-1])
+            assert manager.links[0] is not link and manager.links[0] is not None
+        assert delays == [1.0, 2.0, 4.0]
+        assert manager.restarts == 3
+        clock.advance(10)  # a worker that lived long: the next restart is quick again
+        link = manager.links[0]
+        assert link is not None
+        link.process_ended("killed")
+        assert [call.getTime() - clock.seconds() for call in clock.getDelayedCalls()
+                if call.active() and call.func == manager._refill] == [0.5]
+        manager.stop_workers()
+        assert [call for call in clock.getDelayedCalls()
+                if call.active() and call.func == manager._refill] == []
+
+
+def test_a_remote_view_has_every_field_of_a_talk_sessions_view() -> None:
+    """RemoteSession.describe mirrors TalkSession.describe: a field added there belongs here."""
+    from gb28181talk.core.manager import SessionManager
+
+    clock = MemoryReactorClock()
+    params = active(5)
+    local = SessionManager(clock, PortPool(clock, 30000, 30009)).start(
+        params, ListSource([FRAME]))
+    remote = RemoteSession("r", params, ListSource([FRAME]), worker_index=1, port=0,
+                           now=clock.seconds, end=lambda *_: True)
+    assert set(remote.describe()) - {"worker"} == set(local.describe())
+    assert set(remote.describe()["stats"]) == set(local.describe()["stats"])

@@ -10,7 +10,9 @@ a worker never outlives its control.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
+import signal
 import socket
 import sys
 from typing import Any
@@ -26,6 +28,9 @@ from twisted.logger import (
 
 from gb28181talk.workers.media import WorkerProtocol
 
+PR_SET_PDEATHSIG = 1
+"""prctl(2): the signal a process gets when its parent dies."""
+
 
 def _line_observer(event: dict[str, Any]) -> None:
     """One plain line per event on stderr; the control adds the time and the worker's name."""
@@ -37,8 +42,21 @@ def _line_observer(event: dict[str, Any]) -> None:
     sys.stderr.flush()
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when its parent dies, even if its reactor is stuck.
+
+    The closed control connection ends a worker that runs; this covers one that does not.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one media worker until its control connection closes."""
+    _die_with_parent()
     parser = argparse.ArgumentParser(prog="gb28181talk.workers.child")
     parser.add_argument("--fd", type=int, required=True, help="the AMP socket to the control")
     parser.add_argument("--index", type=int, default=0, help="this worker's slot")

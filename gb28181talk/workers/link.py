@@ -60,6 +60,7 @@ class WorkerLink:
         self.on_lost: Callable[[WorkerLink, str], None] | None = None
         self.on_exit: Callable[[WorkerLink], None] | None = None
         self.exited: Deferred[None] = Deferred()
+        self.started_at = 0.0
 
     @property
     def load(self) -> int:
@@ -108,12 +109,27 @@ class WorkerLink:
         if self.on_lost is not None:
             self.on_lost(self, why)
 
-    def close(self) -> Deferred[None]:
-        """Close the connection (the worker exits); fires once its process has ended."""
+    def close(self, clock: Any = None, grace: float = 0.0) -> Deferred[None]:
+        """Close the connection (the worker exits); fires once its process has ended.
+
+        With a ``clock``, a process still there after ``grace`` seconds is killed.
+        """
         transport = self.protocol.transport
         if transport is not None:
             transport.loseConnection()
+        if clock is not None and self.process is not None and not self.exited.called:
+            kill = clock.callLater(grace, self._kill)
+            self.exited.addBoth(lambda result: (kill.active() and kill.cancel(), result)[1])
         return self.exited
+
+    def _kill(self) -> None:
+        if self.process is not None and not self.exited.called:
+            log.warn("media worker {index} (pid {pid}) did not exit; killing it",
+                     index=self.index, pid=self.pid)
+            try:
+                self.process.signalProcess("KILL")
+            except Exception:
+                log.debug("worker {index}: already gone", index=self.index)
 
     def process_ended(self, why: str) -> None:
         """The process has exited: the slot may be filled again."""

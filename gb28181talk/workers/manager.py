@@ -45,6 +45,12 @@ log = Logger()
 
 RESTART_DELAY = 0.5
 """Seconds before a worker slot whose process exited is started again."""
+MAX_RESTART_DELAY = 30.0
+"""The longest wait before a restart: a worker that keeps dying at start doubles it up to this."""
+SHORT_LIFE = 5.0
+"""A worker that lived less than this (seconds) died young: its next restart waits longer."""
+STOP_GRACE = 5.0
+"""Seconds a worker has to exit once its connection is closed at stop, before SIGKILL."""
 
 Launcher = Callable[[int, Any], WorkerLink]
 """Starts worker ``index`` with ``handler`` for its events (spawn_worker, or a test double)."""
@@ -83,6 +89,7 @@ class WorkerManager:
         self.running = False
         self.restarts = 0
         self._refills: dict[int, Any] = {}
+        self._delays: dict[int, float] = {}
 
     @property
     def shutting_down(self) -> bool:
@@ -105,6 +112,7 @@ class WorkerManager:
         if not self.running or self.shutting_down:
             return
         link = self._launch(index, self)
+        link.started_at = self._reactor.seconds()
         link.on_lost = self._worker_lost
         link.on_exit = self._worker_exited
         self.links[index] = link
@@ -116,7 +124,8 @@ class WorkerManager:
             if call.active():
                 call.cancel()
         self._refills.clear()
-        exits = [link.close() for link in self.links if link is not None]
+        exits = [link.close(self._reactor, STOP_GRACE) for link in self.links
+                 if link is not None]
         return gatherResults(exits).addCallback(lambda _: None)
 
     def _worker_lost(self, link: WorkerLink, why: str) -> None:
@@ -145,8 +154,13 @@ class WorkerManager:
     def _worker_exited(self, link: WorkerLink) -> None:
         if self.links[link.index] is link and self.running and not self.shutting_down:
             self.restarts += 1
-            self._refills[link.index] = self._reactor.callLater(
-                RESTART_DELAY, self._refill, link)
+            lived = self._reactor.seconds() - link.started_at
+            delay = self._delays.get(link.index, RESTART_DELAY)
+            delay = min(delay * 2, MAX_RESTART_DELAY) if lived < SHORT_LIFE else RESTART_DELAY
+            self._delays[link.index] = delay
+            log.info("media worker {index} starts again in {delay:g} s", index=link.index,
+                     delay=delay)
+            self._refills[link.index] = self._reactor.callLater(delay, self._refill, link)
 
     def _refill(self, link: WorkerLink) -> None:
         self._refills.pop(link.index, None)
