@@ -485,3 +485,74 @@ def test_fast_path_wraps_sequence_and_timestamp() -> None:
     assert (first.sequence, first.timestamp, first.marker) == (65535, 2**32 - 900, True)
     assert (second.sequence, second.timestamp, second.marker) == (0, 900, False)
     assert packetizer.framed_header(160, 1800)[:2] == (172).to_bytes(2, "big")
+
+
+@given(
+    ssrc=st.integers(0, 2**32 - 1),
+    payload_type=st.integers(0, 127),
+    clock_rate=st.sampled_from([8000, 90_000]),
+    first_seq=st.integers(0, 65535),
+    first_ts=st.integers(0, 2**32 - 1),
+    steps=fast_steps,
+    junk=st.binary(min_size=14, max_size=14),
+)
+def test_headers_packed_in_place_are_byte_identical_to_encode(
+    ssrc: int, payload_type: int, clock_rate: int, first_seq: int, first_ts: int,
+    steps: list,  # type: ignore[type-arg]
+    junk: bytes,
+) -> None:
+    """header_into/framed_header_into over a shared buffer == header/framed_header + payload
+    == RtpPacket(...).encode(), step for step with a packetizer on the bytes path, through
+    skips, pushes and taken-back packets; whatever the buffer held before is overwritten."""
+    kwargs = dict(ssrc=ssrc, payload_type=payload_type, clock_rate=clock_rate,
+                  first_sequence=first_seq, first_timestamp=first_ts)
+    in_place, on_bytes = Packetizer(**kwargs), Packetizer(**kwargs)
+    sequence, timestamp, marker = first_seq, first_ts, True
+    for op, size, ticks, framed in steps:
+        if op == "skip":
+            in_place.skip(ticks)
+            on_bytes.skip(ticks)
+            timestamp = (timestamp + ticks) % 2**32
+            marker = True
+            continue
+        if op == "push":
+            if clock_rate == 8000:
+                for packetizer in (in_place, on_bytes):
+                    packets = packetizer.push(bytes(size)) + packetizer.flush()
+                for _packet in packets:
+                    sequence = (sequence + 1) % 65536
+                    timestamp = (timestamp + len(_packet.payload)) % 2**32
+                    marker = False
+            continue
+        payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        room = 14 if framed else 12
+        packet = bytearray(junk[:room]) + payload  # a buffer another session packed before
+        encoded = RtpPacket(payload_type, sequence, timestamp, ssrc, payload, marker).encode()
+        if framed:
+            in_place.framed_header_into(packet, ticks)
+            header = on_bytes.framed_header(len(payload), ticks)
+            encoded = frame_rfc4571(encoded)
+        else:
+            in_place.header_into(packet, ticks)
+            header = on_bytes.header(len(payload), ticks)
+        assert bytes(packet) == header + payload == encoded
+        timestamp = (timestamp + ticks) % 2**32
+        if op == "drop":
+            in_place.take_back()
+            on_bytes.take_back()
+        else:
+            sequence = (sequence + 1) % 65536
+            marker = False
+        assert (in_place.next_sequence, in_place.next_timestamp) == (sequence, timestamp)
+
+
+def test_in_place_headers_wrap_sequence_and_timestamp() -> None:
+    packetizer = Packetizer(ssrc=5, payload_type=96, clock_rate=90_000,
+                            first_sequence=65535, first_timestamp=2**32 - 900)
+    first, second = bytearray(12) + b"abc", bytearray(14) + b"abc"
+    packetizer.header_into(first, 1800)
+    packetizer.framed_header_into(second, 1800)
+    one, two = parse_rtp(bytes(first)), parse_rtp(bytes(second[2:]))
+    assert (one.sequence, one.timestamp, one.marker) == (65535, 2**32 - 900, True)
+    assert (two.sequence, two.timestamp, two.marker) == (0, 900, False)
+    assert second[:2] == (15).to_bytes(2, "big")

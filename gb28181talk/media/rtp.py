@@ -203,6 +203,8 @@ def pack_header_into(
 
 _PACK_HEADER = RTP_HEADER.pack
 _PACK_FRAMED_HEADER = FRAMED_RTP_HEADER.pack
+_PACK_HEADER_INTO = RTP_HEADER.pack_into
+_PACK_FRAMED_HEADER_INTO = FRAMED_RTP_HEADER.pack_into
 
 
 class Packetizer:
@@ -215,7 +217,9 @@ class Packetizer:
     :meth:`skip` build :class:`RtpPacket` values from audio bytes; :meth:`header` and
     :meth:`framed_header` are the sender's per-packet fast path, packing just the header
     bytes for a payload the caller already holds (raw G.711 or an MPEG-PS pack) and moving
-    the timestamp on by the ticks it spans (160 per 20 ms at 8 kHz, 1800 at PS's 90 kHz).
+    the timestamp on by the ticks it spans (160 per 20 ms at 8 kHz, 1800 at PS's 90 kHz);
+    :meth:`header_into` and :meth:`framed_header_into` pack the same bytes in place, in
+    front of a payload shared by many sessions.
     """
 
     def __init__(
@@ -347,6 +351,36 @@ class Packetizer:
         return _PACK_FRAMED_HEADER(12 + size, 0x80,
                                    self._marked_type if marker else self._payload_type,
                                    sequence, timestamp, self._ssrc)
+
+    def header_into(self, packet: bytearray, ticks: int) -> None:
+        """As :meth:`header`, packed in place into the first 12 bytes of ``packet``.
+
+        ``packet`` holds the payload after those 12 bytes: one buffer per frame shared by
+        every session of the same law (each packs its own header, then sends it whole).
+        """
+        marker = self._last_marker = self._marker
+        sequence = self._sequence
+        timestamp = self._timestamp
+        self._marker = False
+        self._sequence = (sequence + 1) & _U16
+        self._timestamp = (timestamp + ticks) & _U32
+        _PACK_HEADER_INTO(packet, 0, 0x80, self._marked_type if marker else self._payload_type,
+                          sequence, timestamp, self._ssrc)
+
+    def framed_header_into(self, packet: bytearray, ticks: int) -> None:
+        """As :meth:`framed_header`, in place into the first 14 bytes of ``packet``.
+
+        The RFC 4571 length is that of the rest of ``packet`` (12-byte header + payload).
+        """
+        marker = self._last_marker = self._marker
+        sequence = self._sequence
+        timestamp = self._timestamp
+        self._marker = False
+        self._sequence = (sequence + 1) & _U16
+        self._timestamp = (timestamp + ticks) & _U32
+        _PACK_FRAMED_HEADER_INTO(packet, 0, len(packet) - 2, 0x80,
+                                 self._marked_type if marker else self._payload_type,
+                                 sequence, timestamp, self._ssrc)
 
     def take_back(self) -> None:
         """The packet whose header was packed last was never sent (dropped): reuse its number.
