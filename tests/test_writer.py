@@ -453,3 +453,86 @@ class RealTcpWriterTests(unittest.TestCase):
         second = PacketWriter(transport, max_buffered=8192)
         self.assertIs(transport.producer, second)
         second.close()
+
+
+# -- write_packet: one shared buffer, sent whole and reused by the caller ------------------
+
+
+def shared_packets(count: int, offset: int = 0) -> Iterator[tuple[bytearray, bytes]]:
+    """One bytearray, rewritten in place for each packet (as the pacer's shared payload is)."""
+    buffer = bytearray(12 + PAYLOAD)
+    for number in range(offset, offset + count):
+        header, payload = packet(number)
+        buffer[:] = header + payload
+        yield buffer, header + payload
+
+
+def test_write_packet_sends_the_buffer_whole_and_in_order(
+    tcp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, peer = tcp_pair
+    transport = SocketTransport(ours)
+    writer = PacketWriter(transport, max_buffered=8192)
+    sent = []
+    for buffer, expected in shared_packets(10):
+        assert writer.write_packet(buffer)
+        sent.append(expected)
+    assert transport.calls == []
+    assert read_available(peer, len(b"".join(sent))) == b"".join(sent)
+
+
+def test_write_packet_copies_what_waits_so_the_reused_buffer_does_not_change_it(
+    tcp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, peer = tcp_pair
+    transport = SocketTransport(ours)
+    writer = PacketWriter(transport, max_buffered=8192)
+    stalls: list[None] = []
+    writer.on_stall = lambda: stalls.append(None)
+    written = []
+    for buffer, expected in shared_packets(MAX_PACKETS):
+        if not writer.write_packet(buffer):
+            break
+        written.append(expected)
+    else:
+        raise AssertionError("the cap was never reached")
+    kinds = [kind for kind, _data in transport.calls]
+    assert kinds[0] == "write" and set(kinds) == {"write"}
+    assert all(isinstance(data, bytes) for _kind, data in transport.calls), "copies, not views"
+    assert writer.stalled and stalls == [None]
+    assert writer.queued == len(transport.buffered)
+    stream = b"".join(written)
+    direct = read_available(peer, len(stream) - len(transport.buffered))
+    assert_nothing_more(peer)
+    assert direct + transport.buffered == stream, "kernel bytes then Twisted's, in order"
+    writer.resumeProducing()
+    assert (writer.queued, writer.stalled) == (0, False)
+
+
+def test_write_packet_and_write_share_one_order_and_one_cap() -> None:
+    transport = StringTransport()
+    writer = PacketWriter(transport, max_buffered=3 * (12 + PAYLOAD))
+    buffers = shared_packets(2)
+    first, first_bytes = next(buffers)
+    assert writer.write_packet(first)
+    assert writer.write(*packet(50))
+    second, second_bytes = next(buffers)
+    assert writer.write_packet(second)
+    assert not writer.write_packet(second), "past the cap the packet is dropped"
+    assert writer.stalled
+    assert transport.value() == first_bytes + b"".join(packet(50)) + second_bytes
+
+
+def test_write_packet_after_a_socket_error_hands_over_to_twisted(
+    tcp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, _peer = tcp_pair
+    transport = SocketTransport(ours)
+    writer = PacketWriter(transport, max_buffered=8192)
+    ours.close()
+    buffers = shared_packets(2)
+    first, first_bytes = next(buffers)
+    assert writer.write_packet(first)
+    second, second_bytes = next(buffers)
+    assert writer.write_packet(second)
+    assert transport.calls == [("write", first_bytes), ("write", second_bytes)]

@@ -52,21 +52,50 @@ class PacketWriter:
                 # Reset or closed: let Twisted's own write path see and report it.
                 self._socket = None
                 sent = 0
-            if sent == size:
-                return True
-            rest = (header + payload)[sent:]
-            self._transport.write(rest)
-            self.queued += len(rest)
+            if sent != size:
+                self._queue((header + payload)[sent:])
             return True
         if self.queued >= self.max_buffered:
-            if not self.stalled:
-                self.stalled = True
-                if self.on_stall is not None:
-                    self.on_stall()
-            return False
+            return self._drop()
         self._transport.writeSequence((header, payload))
         self.queued += size
         return True
+
+    def write_packet(self, packet: bytearray) -> bool:
+        """Send one whole packet that the caller reuses once this returns; False if dropped.
+
+        The sender's fast path: one ``send`` of a buffer shared by every session of a
+        frame (each packed its own header into it first).  Whatever waits is copied.
+        """
+        if not self.queued and self._socket is not None:
+            try:
+                sent = self._socket.send(packet)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._socket = None
+                sent = 0
+            if sent != len(packet):
+                self._queue(bytes(packet[sent:]))
+            return True
+        if self.queued >= self.max_buffered:
+            return self._drop()
+        self._transport.write(bytes(packet))
+        self.queued += len(packet)
+        return True
+
+    def _queue(self, rest: bytes) -> None:
+        """What the kernel did not take waits in Twisted's buffer; every packet after it too."""
+        self._transport.write(rest)
+        self.queued += len(rest)
+
+    def _drop(self) -> bool:
+        """The backlog is full: the packet is dropped, and the session hears of the stall once."""
+        if not self.stalled:
+            self.stalled = True
+            if self.on_stall is not None:
+                self.on_stall()
+        return False
 
     def resumeProducing(self) -> None:
         """Twisted's buffer for this connection is empty: direct sends may resume."""
