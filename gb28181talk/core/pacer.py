@@ -6,12 +6,29 @@ one announcement to 500 loudspeakers decodes and encodes it once.  After a
 reactor stall the pacer sends at most ``max_burst_frames`` frames at once and
 moves its timeline on by the rest, so nothing is skipped from the audio and
 devices never get a burst bigger than their jitter buffers expect.
+
+Listeners are called in one of two ways.  A plain listener gets
+``frame_ready`` on every frame.  A streaming sender whose packets hold *k*
+frames says when its packets end (its :class:`DueSlot`: every *k* frames
+from a phase) and is called with ``packet_due`` only on those frames, with
+the packet's payload already made: the last *k* frames encoded and joined
+once for every sender of that law and length, optionally behind room for the
+sender's header, so each sender packs its header in place and sends it whole.
+Per-tick work then follows the packets sent, not sessions x frames.  The tap
+keeps the last :data:`HISTORY_FRAMES` frames, from which a due sender replays
+a packet with a gap in it (or the frames since its last packet when the source
+ends) frame by frame, exactly as ``frame_ready`` would have seen them.
+
+Within a tick, listeners are called group by group, a group being the plain
+listeners or the due listeners of one slot, the groups in the order their
+first member attached, each group's members in attach order.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from collections import deque
+from typing import NamedTuple, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -26,7 +43,23 @@ DUE_TOLERANCE_FRAMES = 1e-3
 """A tick this close (20 µs) before a frame's time sends it: reactor clocks are
 floats near 1.7e9 s, whose resolution (~0.24 µs) a tighter tolerance would miss."""
 
+HISTORY_FRAMES = 9
+"""Frames each tap keeps: one 180 ms packet, the longest there is."""
+
 log = Logger()
+
+
+class DueSlot(NamedTuple):
+    """When a due listener's packets end and what payload it takes: shared by its group."""
+
+    every: int
+    """Frames per packet: the listener is due on every ``every``-th frame..."""
+    phase: int
+    """...those whose tap index is ``phase`` modulo ``every``."""
+    law: Law
+    room: int | None
+    """Header bytes to leave free in front of the payload (a bytearray the listener packs
+    its header into), or None for the payload as plain bytes."""
 
 
 class FrameListener(Protocol):
@@ -39,10 +72,27 @@ class FrameListener(Protocol):
         """The source will never produce audio again."""
 
 
+class PacketListener(FrameListener, Protocol):
+    """A listener that, once ``due`` is set, is called only on the frames that end its packets.
+
+    It sets ``due`` (and calls ``tap.regroup()``) at a packet boundary, and back to None
+    to get every frame again; ``source_ended`` it always gets.
+    """
+
+    due: DueSlot | None
+
+    def packet_due(self, tap: SourceTap, payload: bytes | bytearray | None) -> None:
+        """This frame ends a packet: ``payload`` as ``due`` asked, None if a frame was a gap."""
+
+
+_Group = tuple[DueSlot | None, tuple[FrameListener, ...]]
+
+
 class SourceTap:
     """One source as the pacer reads it: the current frame, encoded at most once per law."""
 
-    __slots__ = ("_encoded", "index", "listeners", "now", "pcm", "source")
+    __slots__ = ("_encoded", "_groups", "_payloads", "history", "index", "listeners", "now",
+                 "pcm", "source")
 
     def __init__(self, source: IAudioSource) -> None:
         self.source = source
@@ -50,7 +100,49 @@ class SourceTap:
         self.index = -1
         self.pcm: bytes | None = None
         self.now = 0.0
+        self.history: deque[bytes | None] = deque(maxlen=HISTORY_FRAMES)
+        """The last frames read (None for a gap), the current one last."""
         self._encoded: dict[Law, bytes] = {}
+        self._payloads: dict[tuple[Law, int, int | None], bytes | bytearray | None] = {}
+        self._groups: list[_Group] | None = None
+
+    def regroup(self) -> None:
+        """A listener came, went or changed its ``due``: group them again before the next call."""
+        self._groups = None
+
+    def recent(self, count: int) -> list[bytes | None]:
+        """The last ``count`` frames read, oldest first (fewer if fewer were read)."""
+        history = self.history
+        return list(history)[-count:] if count < len(history) else list(history)
+
+    def payload(self, slot: DueSlot) -> bytes | bytearray | None:
+        """A packet's payload ending at this frame, made once per (law, frames, room) and tick.
+
+        The last ``slot.every`` frames encoded and joined, behind ``slot.room`` free bytes
+        if asked; None if one of them is a gap or could not be encoded (the listener then
+        replays the frames one by one and meets the gap, or the error, itself).
+        """
+        key = (slot.law, slot.every, slot.room)
+        payloads = self._payloads
+        if key in payloads:
+            return payloads[key]
+        payload: bytes | bytearray | None = None
+        try:
+            if slot.every == 1:
+                payload = self.g711(slot.law)
+            else:
+                frames = self.recent(slot.every)
+                if len(frames) == slot.every and None not in frames:
+                    law = slot.law
+                    payload = b"".join([g711.encode(law, pcm) for pcm in frames])  # type: ignore[arg-type]
+        except Exception:
+            payload = None
+        if payload is not None and slot.room is not None:
+            packet = bytearray(slot.room + len(payload))
+            packet[slot.room :] = payload
+            payload = packet
+        payloads[key] = payload
+        return payload
 
     def g711(self, law: Law) -> bytes | None:
         """The current frame in ``law``, encoded on first request and shared after."""
@@ -62,11 +154,12 @@ class SourceTap:
         return encoded
 
     def advance(self, now: float) -> bool:
-        """Read the next frame and hand it to every listener; False once the source ended."""
+        """Read the next frame and hand it to the listeners it is for; False once it ended."""
         source = self.source
         self.index += 1
         self.now = now
         self._encoded = {}
+        self._payloads = {}
         try:
             self.pcm = source.read_frame()
             ended = self.pcm is None and source.ended
@@ -75,18 +168,44 @@ class SourceTap:
             log.failure("pacer: source {source!r} failed; ending it", source=source)
             self.pcm = None
             ended = True
-        listeners = tuple(self.listeners)
-        for listener in listeners:
-            try:
-                if ended:
+        self.history.append(self.pcm)
+        if ended:
+            for listener in tuple(self.listeners):
+                try:
                     listener.source_ended(self)
-                else:
-                    listener.frame_ready(self)
-            except Exception:
-                # One broken listener must not stop the clock every other session runs on.
-                log.failure("pacer: listener {listener!r} failed; detaching it", listener=listener)
-                self.listeners.pop(listener, None)
-        return not ended
+                except Exception:
+                    self._failed(listener)
+            return False
+        index = self.index
+        for slot, members in self._groups if self._groups is not None else self._group():
+            if slot is None:
+                for listener in members:
+                    try:
+                        listener.frame_ready(self)
+                    except Exception:
+                        self._failed(listener)
+            elif (index - slot.phase) % slot.every == 0:
+                payload = self.payload(slot)
+                for listener in members:
+                    try:
+                        listener.packet_due(self, payload)  # type: ignore[attr-defined]
+                    except Exception:
+                        self._failed(listener)
+        return True
+
+    def _group(self) -> list[_Group]:
+        """The listeners by their ``due`` (None: every frame), in order of first attach."""
+        grouped: dict[DueSlot | None, list[FrameListener]] = {}
+        for listener in self.listeners:
+            grouped.setdefault(getattr(listener, "due", None), []).append(listener)
+        groups = self._groups = [(slot, tuple(members)) for slot, members in grouped.items()]
+        return groups
+
+    def _failed(self, listener: FrameListener) -> None:
+        """One broken listener must not stop the clock every other session runs on."""
+        log.failure("pacer: listener {listener!r} failed; detaching it", listener=listener)
+        self.listeners.pop(listener, None)
+        self.regroup()
 
 
 class TickStats:
@@ -153,6 +272,7 @@ class Pacer:
             if ILiveSource.providedBy(source):
                 source.trim_backlog()
         tap.listeners[listener] = None
+        tap.regroup()
         if self._call is None and not self._in_tick:
             self._epoch = self._clock.seconds()
             self._frames_done = 0
@@ -165,6 +285,7 @@ class Pacer:
         if tap is None:
             return
         tap.listeners.pop(listener, None)
+        tap.regroup()
         if not tap.listeners:
             del self._taps[source]
             if not self._taps and not self._in_tick:

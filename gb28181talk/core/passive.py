@@ -74,7 +74,8 @@ DETACHED: Any = _NoHost()
 class TcpLink:
     """The accepted device connection as the sender writes to it: RTP through a PacketWriter.
 
-    ``write`` is the writer's own bound method, so a packet costs no extra call here.
+    ``write`` and ``write_packet`` (one whole buffer the sender reuses: the sender's fast
+    path) are the writer's own bound methods, so a packet costs no extra call here.
     ``on_done`` is called once, when the link is closed or lost: the transport that made
     it lets go of its host then.
     """
@@ -88,6 +89,7 @@ class TcpLink:
         self.peer = peer
         self.framing = framing
         self.write = writer.write
+        self.write_packet = writer.write_packet
         self.transport = transport
         self._writer = writer
         self._on_done = on_done

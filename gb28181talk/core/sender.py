@@ -9,6 +9,17 @@ layer's :class:`~gb28181talk.media.rtp.Packetizer` (its header fast path),
 PS packs by :class:`~gb28181talk.media.ps.PsMuxer`.  The lifecycle is never
 consulted per packet: ``start_sending`` and ``stop`` set plain attributes.
 No reactor here: time comes in with each tick.
+
+Once streaming at a packet boundary (and with no receive timeout to watch per
+frame), the sender sets its ``due`` slot and the pacer calls it only on the
+frames that end its packets (:meth:`Sender.packet_due`), with the payload
+joined once for every sender of that law and packet length.  On a TCP link
+(one with ``write_packet``) and raw G.711 that payload is a buffer with room
+in front: the packetizer packs this session's header in place and the writer
+sends the buffer whole, so a packet costs three Python calls (``packet_due``,
+``framed_header_into``, ``write_packet``) and one ``send``.  A gap in the
+packet, or the source's end, is replayed from the pacer's frame history
+through the per-frame path, which then carries on until the next boundary.
 """
 
 from __future__ import annotations
@@ -20,15 +31,16 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from gb28181talk.core.pacer import DueSlot, SourceTap
 from gb28181talk.core.params import EndReason, SessionParams
 from gb28181talk.interfaces import FRAME_MS
+from gb28181talk.media import g711
 from gb28181talk.media.framing import Framing
 from gb28181talk.media.payload import Packaging
 from gb28181talk.media.ps import PsMuxer
 from gb28181talk.media.rtp import Packetizer
 
 if TYPE_CHECKING:
-    from gb28181talk.core.pacer import SourceTap
     from gb28181talk.core.transport import IDeviceLink
 
 log = Logger()
@@ -64,6 +76,7 @@ class Sender:
         self._packet_ms = params.packet_ms
         self._frames_per_packet = params.packet_ms // FRAME_MS
         self._ticks_per_frame = payload.ticks(FRAME_MS)
+        self._ticks_per_packet = self._ticks_per_frame * self._frames_per_packet
         # PS time is the muxer's own 33-bit clock, started at the first RTP timestamp and
         # moved on by the same ticks: it runs past the 32-bit RTP wrap instead of jumping back.
         self._ps_muxer = (
@@ -75,6 +88,11 @@ class Sender:
         self._chunks: list[bytes] = []
         self._write: Callable[[bytes, bytes], bool] | None = None
         self._header: Callable[[int, int], bytes] | None = None
+        self._write_packet: Callable[[bytearray], bool] | None = None
+        self._header_into: Callable[[bytearray, int], None] | None = None
+        self._room: int | None = None
+        self.due: DueSlot | None = None
+        """When the pacer calls :meth:`packet_due` instead of ``frame_ready`` (None: never)."""
         self._last_send_at: float | None = None
         self._jitter_total = 0.0
         self._jitter_count = 0
@@ -111,13 +129,48 @@ class Sender:
                 chunks.append(frame)
                 if len(chunks) >= self._frames_per_packet:
                     self._send(tap.now, False)
+                    if self.watch is None and self._write is not None:
+                        self._align(tap)
             if self.watch is not None:
                 self.watch(tap.now)
         except Exception as error:
             self._failed(error)
 
+    def packet_due(self, tap: SourceTap, payload: bytes | bytearray | None) -> None:
+        """Pacer: this frame ends one of our packets; ``payload`` is its audio, None over a gap.
+
+        The payload is shared with every sender of the same slot: as a bytearray (TCP, raw)
+        this session's header is packed into its front and it is sent whole; as bytes it is
+        muxed (PS) and sent behind a header as on the per-frame path.
+        """
+        try:
+            if payload is None:
+                self._replay(tap, tap.recent(self._frames_per_packet))
+                return
+            write_packet = self._write_packet
+            if write_packet is None:
+                if self._write is not None:
+                    self._packet(payload, self._ticks_per_packet, tap.now, False)  # type: ignore[arg-type]
+                return
+            self._header_into(payload, self._ticks_per_packet)  # type: ignore[misc, arg-type]
+            if not write_packet(payload):  # type: ignore[arg-type]
+                self.packetizer.take_back()
+                self.packets_dropped += 1
+                return
+            self.packets_sent += 1
+            self.bytes_sent += len(payload)
+            self._sent_live(tap.now)
+        except Exception as error:
+            self._failed(error)
+
     def source_ended(self, tap: SourceTap) -> None:
         """Pacer: the source is finished; send what is pending and end."""
+        due = self.due
+        if due is not None and self._write is not None:
+            # The frames since our last packet were not handed to us: take them now.
+            pending = (tap.index - 1 - due.phase) % due.every
+            if pending:
+                self._replay(tap, tap.recent(pending + 1)[:-1], realign=False)
         if self._chunks and self._write is not None:
             self._send(tap.now, False)
         source = tap.source
@@ -132,6 +185,12 @@ class Sender:
             packetizer.framed_header if link.framing is Framing.RFC4571 else packetizer.header
         )
         self._write = link.write
+        write_packet = getattr(link, "write_packet", None)  # an optional IDeviceLink method
+        if write_packet is not None and self._ps_muxer is None:
+            framed = link.framing is Framing.RFC4571
+            self._write_packet = write_packet
+            self._header_into = packetizer.framed_header_into if framed else packetizer.header_into
+            self._room = 14 if framed else 12
         preroll, self._preroll = self._preroll, None
         try:
             for frame in preroll or ():
@@ -149,11 +208,38 @@ class Sender:
     def stop(self) -> None:
         """The session ended: nothing more is kept or sent."""
         self._write = None
+        self._write_packet = None
         self._preroll = None
         self.watch = None
+        self.due = None
         self._chunks.clear()
 
     # -- packets -------------------------------------------------------------
+
+    def _align(self, tap: SourceTap) -> None:
+        """A packet just ended on this frame: from now on be called only when one is due."""
+        if self.due is None and isinstance(tap, SourceTap):
+            every = self._frames_per_packet
+            self.due = DueSlot(every, tap.index % every, self._law, self._room)
+            tap.regroup()
+
+    def _replay(self, tap: SourceTap, frames: list[bytes | None], realign: bool = True) -> None:
+        """Frames the per-frame path would have seen one by one (a gap, or the source's end)."""
+        now = tap.now
+        law = self._law
+        for pcm in frames:
+            if self._write is None:  # ended meanwhile
+                return
+            if pcm is None:
+                self._gap(now, False)
+                continue
+            self._chunks.append(g711.encode(law, pcm))
+            if len(self._chunks) >= self._frames_per_packet:
+                self._send(now, False)
+        if realign and self._chunks and self.due is not None:
+            # The gap moved the packet boundary: every frame again until the next one.
+            self.due = None
+            tap.regroup()
 
     def _gap(self, now: float, preroll: bool) -> None:
         """A gap (live source underrun): send what we have, keep time, mark the restart."""
@@ -171,7 +257,12 @@ class Sender:
         count = len(chunks)
         audio = chunks[0] if count == 1 else b"".join(chunks)
         chunks.clear()
-        ticks = count * self._ticks_per_frame
+        self._packet(audio, count * self._ticks_per_frame, now, preroll)
+
+    def _packet(self, audio: bytes, ticks: int, now: float, preroll: bool) -> None:
+        """One packet of ``audio`` spanning ``ticks``: PS pack, header, write, figures."""
+        write = self._write
+        assert write is not None and self._header is not None
         if self._ps_muxer is not None:
             audio = self._ps_muxer.mux_next(audio, ticks)
         header = self._header(len(audio), ticks)
@@ -184,6 +275,10 @@ class Sender:
         if preroll:
             self.preroll_packets += 1
             return
+        self._sent_live(now)
+
+    def _sent_live(self, now: float) -> None:
+        """A live packet went at ``now``: its distance from the packet duration is jitter."""
         last, self._last_send_at = self._last_send_at, now
         if last is not None:
             jitter = abs((now - last) * 1000 - self._packet_ms)

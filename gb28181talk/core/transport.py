@@ -47,6 +47,10 @@ class IDeviceLink(Interface):
         catches up.
         """
 
+    # A link may also have ``write_packet(packet: bytearray) -> bool``: send one whole packet
+    # (header packed at its front) that the caller reuses at once, as ``write`` otherwise.
+    # Optional; the sender takes it for raw G.711 when present (TCP links have it).
+
     def close(abort: bool) -> None:
         """End the connection now; ``abort`` (or bytes still queued) drops what is unsent.
 
