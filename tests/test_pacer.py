@@ -12,10 +12,22 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from gb28181talk.core.pacer import LATENESS_BUCKET_MS, LATENESS_BUCKETS, Pacer, SourceTap, TickStats
+from gb28181talk.core.pacer import (
+    HISTORY_FRAMES,
+    LATENESS_BUCKET_MS,
+    LATENESS_BUCKETS,
+    DueSlot,
+    Pacer,
+    SourceTap,
+    TickStats,
+)
+from gb28181talk.core.params import EndReason, SessionKey, SessionParams
+from gb28181talk.core.sender import Sender
 from gb28181talk.interfaces import FRAME_BYTES
 from gb28181talk.media import g711
+from gb28181talk.media.framing import Framing
 from gb28181talk.media.law import Law
+from gb28181talk.media.payload import Packaging
 from gb28181talk.testing import ListSource
 
 FRAME_S = 0.020
@@ -674,3 +686,241 @@ def test_a_failing_source_ends_for_its_listeners_and_the_clock_goes_on() -> None
         clock.advance(0.02)
     assert len(broken_listener.ended) == 1
     assert healthy.reads >= 5 and pacer.running
+
+
+# -- due-only pacing: who is called on which frame, in which order ------------------------
+
+class DueRecorder(Recorder):
+    """A listener that may be due only on some frames; every call goes to one shared log."""
+
+    def __init__(self, name: str, log: list[tuple[str, str, int, Any]],
+                 due: DueSlot | None = None) -> None:
+        super().__init__(name)
+        self.log = log
+        self.due = due
+
+    def frame_ready(self, tap: SourceTap) -> None:
+        self.log.append((self.name, "frame", tap.index, tap.pcm))
+        super().frame_ready(tap)
+
+    def packet_due(self, tap: SourceTap, payload: bytes | bytearray | None) -> None:
+        self.log.append((self.name, "due", tap.index, payload))
+
+    def source_ended(self, tap: SourceTap) -> None:
+        self.log.append((self.name, "ended", tap.index, None))
+        super().source_ended(tap)
+
+
+def _calls(log: list[tuple[str, str, int, Any]], index: int) -> list[tuple[str, str]]:
+    return [(name, kind) for name, kind, at, _payload in log if at == index]
+
+
+def test_due_listeners_are_called_only_when_due_group_by_group_in_attach_order() -> None:
+    clock = Clock()
+    pacer = Pacer(clock)
+    source = ListSource.counting(12)
+    log: list[tuple[str, str, int, Any]] = []
+    every5 = DueSlot(5, 2, Law.ALAW, 14)
+    a = DueRecorder("a", log)
+    b = DueRecorder("b", log, DueSlot(1, 0, Law.ALAW, None))
+    c = DueRecorder("c", log, every5)
+    d = DueRecorder("d", log)
+    e = DueRecorder("e", log, DueSlot(5, 2, Law.ALAW, 14))  # an equal slot: c's group
+    f = DueRecorder("f", log, DueSlot(2, 1, Law.ULAW, None))
+    for listener in (a, b, c, d, e, f):
+        pacer.attach(source, listener)
+    for _ in range(13):
+        run_next(clock)
+
+    plain = [("a", "frame"), ("d", "frame"), ("b", "due")]
+    assert _calls(log, 0) == plain
+    assert _calls(log, 1) == [*plain, ("f", "due")]
+    assert _calls(log, 2) == [*plain, ("c", "due"), ("e", "due")]
+    assert _calls(log, 3) == [*plain, ("f", "due")]
+    assert _calls(log, 7) == [*plain, ("c", "due"), ("e", "due"), ("f", "due")]
+    assert _calls(log, 12) == [(name, "ended") for name in "abcdef"], "the end: everyone, in order"
+    assert [at for name, kind, at, _p in log if name == "c"] == [2, 7, 12]
+
+    payloads = {(name, at): payload for name, kind, at, payload in log if kind == "due"}
+    frames = source.frames
+    assert payloads["b", 4] == g711.encode(Law.ALAW, frames[4])
+    assert payloads["f", 5] == g711.encode(Law.ULAW, frames[4] + frames[5])
+    assert payloads["c", 7] is payloads["e", 7], "one shared buffer for the slot's group"
+    assert payloads["c", 7] == bytearray(14) + g711.encode(Law.ALAW, b"".join(frames[3:8]))
+    assert payloads["c", 2] is None, "fewer frames than a packet read yet: None (replay)"
+
+
+def test_a_listener_changing_its_due_is_regrouped_from_the_next_frame() -> None:
+    clock = Clock()
+    pacer = Pacer(clock)
+    source = looping()
+    log: list[tuple[str, str, int, Any]] = []
+    a = DueRecorder("a", log)
+    b = DueRecorder("b", log)
+
+    def align(tap: SourceTap) -> None:
+        if tap.index == 3:
+            a.due = DueSlot(3, 3, Law.ALAW, None)
+            tap.regroup()
+
+    a.on_frame = align
+    pacer.attach(source, a)
+    pacer.attach(source, b)
+    for _ in range(10):
+        run_next(clock)
+    assert [(at, kind) for name, kind, at, _p in log if name == "a"] == [
+        (0, "frame"), (1, "frame"), (2, "frame"), (3, "frame"), (6, "due"), (9, "due")]
+    assert [at for name, _kind, at, _p in log if name == "b"] == list(range(10))
+    assert _calls(log, 6) == [("a", "due"), ("b", "frame")], "a's group first: a attached first"
+    a.due = None
+    pacer.detach(source, b)  # detaching regroups too
+    run_next(clock)
+    assert _calls(log, 10) == [("a", "frame")]
+
+
+def test_a_gap_calls_every_due_listener_with_none_and_the_history_holds_it() -> None:
+    clock = Clock()
+    pacer = Pacer(clock)
+    frames: list[bytes | None] = list(ListSource.counting(20).frames)
+    frames[6] = None
+    source = ListSource(frames, loop=True)
+    log: list[tuple[str, str, int, Any]] = []
+    due = DueRecorder("due", log, DueSlot(4, 3, Law.ALAW, 14))
+    pacer.attach(source, due)
+    taps = pacer.taps()
+    for _ in range(12):
+        run_next(clock)
+    assert [(at, payload is None) for _n, _k, at, payload in log] == [
+        (3, False), (6, True), (7, True), (11, False)], "called on the gap too, with None"
+    assert taps[0].recent(4) == frames[8:12]
+    assert len(taps[0].recent(100)) == HISTORY_FRAMES
+
+
+def test_a_failing_due_listener_is_detached_and_its_group_plays_on() -> None:
+    clock = Clock()
+    pacer = Pacer(clock)
+    source = looping()
+    log: list[tuple[str, str, int, Any]] = []
+    slot = DueSlot(1, 0, Law.ALAW, None)
+    broken = DueRecorder("broken", log, slot)
+    broken.packet_due = lambda tap, payload: 1 / 0  # type: ignore[method-assign]
+    other = DueRecorder("other", log, slot)
+    pacer.attach(source, broken)
+    pacer.attach(source, other)
+    with capturedLogs() as events:
+        for _ in range(3):
+            run_next(clock)
+    assert [at for name, _k, at, _p in log if name == "other"] == [0, 1, 2]
+    assert broken not in pacer.taps()[0].listeners
+    assert sum("failed" in str(event.get("log_format", "")) for event in events) == 1
+
+
+# -- the sender's due path sends what its per-frame path sends ----------------------------
+
+
+class _RecordingLink:
+    """A device link that records every packet (the clock's time, its bytes); drops the writes
+    numbered in ``drop``."""
+
+    peer = ("127.0.0.2", 40000)
+    queued = 0
+    whole_packets = False
+
+    def __init__(self, clock: Clock, framing: Framing, drop: set[int], in_place: bool) -> None:
+        self.clock = clock
+        self.framing = framing
+        self.drop = drop
+        self.sent: list[tuple[float, bytes]] = []
+        self.writes = 0
+        if in_place:
+            self.write_packet = self._write_packet
+
+    def _take(self, data: bytes) -> bool:
+        self.writes += 1
+        if self.writes in self.drop:
+            return False
+        self.sent.append((self.clock.seconds(), data))
+        return True
+
+    def write(self, header: bytes, payload: bytes) -> bool:
+        return self._take(header + payload)
+
+    def _write_packet(self, packet: bytearray) -> bool:
+        return self._take(bytes(packet))
+
+    def close(self, abort: bool) -> None:
+        pass
+
+
+def _stream(frames: list[bytes | None], ends: bool, packet_ms: int, packaging: Packaging,
+            framing: Framing, law: Law, connect_after: int, drop: set[int],
+            in_place: bool, per_frame: bool) -> tuple[Any, ...]:
+    """A sender on a real pacer: what its device gets, its figures and its ending."""
+    clock = Clock()
+    pacer = Pacer(clock)
+    source = ListSource(frames, loop=not ends)
+    ended: list[EndReason] = []
+    params = SessionParams(key=SessionKey("v", "live", "s", 7), packet_ms=packet_ms,
+                           packaging=packaging, framing=framing, preroll_ms=100,
+                           law=law)
+    sender = Sender(params, lambda reason, detail: ended.append(reason), rng_seed=0xABCDEF123456)
+    if per_frame:
+        sender._align = lambda tap: None  # type: ignore[method-assign]
+    due_calls = [0]
+    real_due = sender.packet_due
+
+    def counted(tap: SourceTap, payload: Any) -> None:
+        due_calls[0] += 1
+        real_due(tap, payload)
+
+    sender.packet_due = counted  # type: ignore[method-assign]
+    pacer.attach(source, sender)
+    link = _RecordingLink(clock, framing, drop, in_place)
+    for tick in range(len(frames) + 30):
+        if tick == connect_after:
+            sender.start_sending(link)  # type: ignore[arg-type]
+        if ended:
+            break
+        run_next(clock)
+    figures = (sender.packets_sent, sender.bytes_sent, sender.preroll_packets,
+               sender.packets_dropped, sender.jitter_max_ms, sender.jitter_mean_ms)
+    return link.sent, figures, ended, due_calls[0]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    pattern=st.lists(st.booleans(), min_size=1, max_size=60),
+    ends=st.booleans(),
+    packet_ms=st.sampled_from(range(20, 181, 20)),
+    packaging=st.sampled_from([Packaging.RAW, Packaging.PS]),
+    framing=st.sampled_from([Framing.RFC4571, Framing.NONE]),
+    law=st.sampled_from([Law.ALAW, Law.ULAW]),
+    connect_after=st.integers(0, 12),
+    drop=st.sets(st.integers(1, 40), max_size=4),
+    in_place=st.booleans(),
+)
+def test_the_due_path_sends_exactly_what_the_per_frame_path_sends(
+    pattern: list[bool], ends: bool, packet_ms: int, packaging: Packaging, framing: Framing,
+    law: Law, connect_after: int, drop: set[int], in_place: bool,
+) -> None:
+    """Gaps anywhere (True: a gap), pre-roll, dropped packets, the source's end, every packet
+    length, raw and PS, both framings, with and without the in-place link method: the bytes,
+    the figures and the ending are those of the per-frame path (the old one)."""
+    tone = ListSource.counting(len(pattern)).frames
+    frames = [None if gap else frame for gap, frame in zip(pattern, tone, strict=True)]
+    args = (frames, ends, packet_ms, packaging, framing, law, connect_after, drop, in_place)
+    due_sent, due_figures, due_ended, _calls = _stream(*args, per_frame=False)
+    old_sent, old_figures, old_ended, old_calls = _stream(*args, per_frame=True)
+    assert old_calls == 0
+    assert due_sent == old_sent, "the same bytes, each packet on the same tick"
+    assert due_figures == old_figures
+    assert due_ended == old_ended
+
+
+def test_a_streaming_sender_is_called_only_when_its_packet_is_due() -> None:
+    frames = list(ListSource.counting(40).frames)
+    sent, _figures, ended, due_calls = _stream(
+        frames, True, 100, Packaging.RAW, Framing.RFC4571, Law.ALAW, 0, set(), True, False)
+    assert ended == [EndReason.SOURCE_ENDED]
+    assert len(sent) == 8 and due_calls == 7, "aligned after the first packet, due after"
+    assert all(len(packet) == 14 + 800 for _at, packet in sent)

@@ -15,9 +15,11 @@ the packet's payload already made: the last *k* frames encoded and joined
 once for every sender of that law and length, optionally behind room for the
 sender's header, so each sender packs its header in place and sends it whole.
 Per-tick work then follows the packets sent, not sessions x frames.  The tap
-keeps the last :data:`HISTORY_FRAMES` frames, from which a due sender replays
-a packet with a gap in it (or the frames since its last packet when the source
-ends) frame by frame, exactly as ``frame_ready`` would have seen them.
+keeps the last :data:`HISTORY_FRAMES` frames.  A gap ends a packet early, so
+on a gap every due listener is called (with None); it then replays its frames
+since its last packet from that history (as it does when the source ends)
+frame by frame, exactly as ``frame_ready`` would have seen them, and takes
+the gap as its new packet boundary.
 
 Within a tick, listeners are called group by group, a group being the plain
 listeners or the due listeners of one slot, the groups in the order their
@@ -82,7 +84,12 @@ class PacketListener(FrameListener, Protocol):
     due: DueSlot | None
 
     def packet_due(self, tap: SourceTap, payload: bytes | bytearray | None) -> None:
-        """This frame ends a packet: ``payload`` as ``due`` asked, None if a frame was a gap."""
+        """This frame ends a packet: ``payload`` as ``due`` asked.
+
+        None if this frame is a gap (every due listener is called on a gap, whose packet it
+        ends early) or the payload could not be made: the listener replays its frames since
+        its last packet from ``tap.recent`` itself.
+        """
 
 
 _Group = tuple[DueSlot | None, tuple[FrameListener, ...]]
@@ -177,6 +184,7 @@ class SourceTap:
                     self._failed(listener)
             return False
         index = self.index
+        gap = self.pcm is None  # ends every due listener's packet early: all are called
         for slot, members in self._groups if self._groups is not None else self._group():
             if slot is None:
                 for listener in members:
@@ -184,8 +192,8 @@ class SourceTap:
                         listener.frame_ready(self)
                     except Exception:
                         self._failed(listener)
-            elif (index - slot.phase) % slot.every == 0:
-                payload = self.payload(slot)
+            elif gap or (index - slot.phase) % slot.every == 0:
+                payload = None if gap else self.payload(slot)
                 for listener in members:
                     try:
                         listener.packet_due(self, payload)  # type: ignore[attr-defined]

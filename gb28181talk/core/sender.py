@@ -19,7 +19,8 @@ in front: the packetizer packs this session's header in place and the writer
 sends the buffer whole, so a packet costs three Python calls (``packet_due``,
 ``framed_header_into``, ``write_packet``) and one ``send``.  A gap in the
 packet, or the source's end, is replayed from the pacer's frame history
-through the per-frame path, which then carries on until the next boundary.
+through the per-frame path (the pacer calls every due sender on a gap, whose
+short packet goes at once, as on the per-frame path).
 """
 
 from __future__ import annotations
@@ -144,8 +145,11 @@ class Sender:
         muxed (PS) and sent behind a header as on the per-frame path.
         """
         try:
-            if payload is None:
-                self._replay(tap, tap.recent(self._frames_per_packet))
+            if payload is None:  # a gap (or no payload): the frames since our last packet
+                due = self.due
+                every = self._frames_per_packet
+                count = (tap.index - due.phase - 1) % every + 1 if due is not None else every
+                self._replay(tap, tap.recent(count))
                 return
             write_packet = self._write_packet
             if write_packet is None:
@@ -243,10 +247,14 @@ class Sender:
             self._chunks.append(g711.encode(law, pcm))
             if len(self._chunks) >= self._frames_per_packet:
                 self._send(now, False)
-        if realign and self._chunks and self.due is not None:
-            # The gap moved the packet boundary: every frame again until the next one.
-            self.due = None
-            tap.regroup()
+        due = self.due
+        if realign and due is not None:
+            if self._chunks:  # the boundary moved into a packet: every frame until the next
+                self.due = None
+                tap.regroup()
+            elif due.phase != tap.index % due.every:  # a gap: the next packet starts after it
+                self.due = due._replace(phase=tap.index % due.every)
+                tap.regroup()
 
     def _gap(self, now: float, preroll: bool) -> None:
         """A gap (live source underrun): send what we have, keep time, mark the restart."""
