@@ -13,9 +13,11 @@ socket (the direct ``send``/``sendmsg`` path); the thread's CPU time is
 taken around the pacer's ticks only (the devices' reads are outside it), so
 it is the service's cost per packet, the kernel's send included.
 ``--no-syscall`` swaps each writer's socket for one that takes everything at
-once, leaving the Python part alone.  ``real``: the real reactor, with the
-devices in another process (benchmarks/loadgen_devices.py) reading at once,
-the process's CPU per packet sent (as session_cost.py).
+once, leaving the Python part alone; ``--floor`` sends a ready packet per
+socket and packet time with no session code, the kernel's part alone.
+``real``: the real reactor, with the devices in another process
+(benchmarks/loadgen_devices.py) reading at once, the process's CPU per
+packet sent (as session_cost.py).
 
 Before measuring, ``--check-only`` (and every run) checks on a memory reactor
 that the due-only path (the pacer calls a sender only when its packet is
@@ -128,6 +130,29 @@ def measure_micro(count: int, packet_ms: int, seconds: float, no_syscall: bool) 
     sent = sum(s.sender.packets_sent for s in sessions) - sent0
     dropped = sum(s.sender.packets_dropped for s in sessions)
     return {"packets": sent, "dropped": dropped, "cpu_s": round(cpu, 4),
+            "us_per_packet": round(cpu / max(sent, 1) * 1e6, 3)}
+
+
+def measure_floor(count: int, packet_ms: int, seconds: float) -> dict[str, Any]:
+    """The kernel's part alone: one ``send`` of a ready packet per socket and packet time."""
+    from gb28181talk.testing import BusyPortsReactor
+
+    reactor = BusyPortsReactor()
+    _, sessions = _sessions(reactor, count, packet_ms, preroll_ms=0)
+    devices = _connect_loopback(reactor, sessions)
+    sockets = [session.sender._write.__self__._socket for session in sessions]
+    packet = bytes(14 + 8 * packet_ms)
+    frames_per_packet = packet_ms // 20
+    sent, cpu = 0, 0.0
+    for tick in range(round(seconds / 0.02)):
+        due = sockets[tick % frames_per_packet :: frames_per_packet]
+        began = time.thread_time()
+        for handle in due:
+            handle.send(packet)
+        cpu += time.thread_time() - began
+        sent += len(due)
+        _drain(devices)
+    return {"packets": sent, "cpu_s": round(cpu, 4),
             "us_per_packet": round(cpu / max(sent, 1) * 1e6, 3)}
 
 
@@ -299,6 +324,8 @@ def run_child(job: list[str]) -> None:
         print(json.dumps(measure_micro(count, packet_ms, seconds, no_syscall=False)))
     elif kind == "nosys":
         print(json.dumps(measure_micro(count, packet_ms, seconds, no_syscall=True)))
+    elif kind == "floor":
+        print(json.dumps(measure_floor(count, packet_ms, seconds)))
     else:
         print(json.dumps(measure_real(count, packet_ms, seconds)))
 
@@ -309,6 +336,8 @@ def main(args: argparse.Namespace) -> None:
     if args.check_only:
         return
     kind = "nosys" if args.no_syscall else args.mode
+    if args.floor:
+        kind = "floor"
     trees = [("reference", args.reference), ("this", TREE)] if args.reference else [("this", TREE)]
     report = []
     for point in args.points:
@@ -342,6 +371,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mode", choices=["micro", "real"], default="micro")
     parser.add_argument("--no-syscall", action="store_true",
                         help="micro with a socket that takes all: the Python part alone")
+    parser.add_argument("--floor", action="store_true",
+                        help="the kernel's part alone: a ready packet sent per socket")
     parser.add_argument("--output", help="write the figures as JSON here")
     parser.add_argument("--check-only", action="store_true",
                         help="only check that the paths send the same bytes")
