@@ -1,4 +1,5 @@
-"""Tests for the SIP UDP/TCP adapters: answers go where requests came from; refusals answered."""
+"""Tests for the SIP UDP/TCP adapters: answers go where requests came from; refusals answered;
+a flooding TCP connection is held to its budget (paused, then closed) and others are not."""
 
 from __future__ import annotations
 
@@ -22,8 +23,12 @@ from gb28181talk.sip.message import (
 )
 from gb28181talk.sip.transaction import Timers, TransactionLayer, new_branch
 from gb28181talk.sip.transport import (
+    CONNECTION_BURST,
+    CONNECTION_RATE,
+    FLOOD_CLOSE_AFTER,
     SipDatagramProtocol,
     SipStreamFactory,
+    StreamLimits,
     connect_sip,
     listen_sip,
     parse_udp,
@@ -248,3 +253,92 @@ def _feed_a_failing_stack() -> None:
     tcp.makeConnection(transport)
     tcp.dataReceived(build(_register("TCP")) + build(_register("TCP")))
     assert failing.calls == 4 and not transport.disconnecting
+
+
+# --------------------------------------------------------------------------- TCP budget
+
+
+class Counting:
+    """The transaction layer's place: the messages that reach it, per channel."""
+
+    def __init__(self) -> None:
+        self.by_channel: dict[object, int] = {}
+
+    def receive(self, message: SipMessage, channel: object) -> None:
+        self.by_channel[channel] = self.by_channel.get(channel, 0) + 1
+
+
+def _connection(clock: Clock, receiver: Counting, port: int, **limits: float):
+    protocol = SipStreamFactory(receiver, clock, StreamLimits(**limits) if limits else None
+                                ).buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "198.51.100.4", port))
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def test_a_flooding_connection_is_paused_at_its_budget_and_resumed_as_it_refills():
+    clock, receiver = Clock(), Counting()
+    flooder, flood_wire = _connection(clock, receiver, 51000)
+    device, device_wire = _connection(clock, receiver, 51001)
+    flooder.dataReceived(build(_register("TCP")) * 1000)  # one read of 1,000 messages
+    assert receiver.by_channel[flooder] == CONNECTION_BURST
+    assert flood_wire.producerState == "paused" and flooder.throttled == 1
+    assert len(flooder.backlog) == 1000 - CONNECTION_BURST, "kept in order, not dropped"
+    device.dataReceived(build(_register("TCP")))
+    assert receiver.by_channel[device] == 1, "another connection is read as usual"
+    assert device_wire.producerState == "producing"
+    clock.advance(1.0)
+    assert receiver.by_channel[flooder] == CONNECTION_BURST + CONNECTION_RATE
+    assert flood_wire.producerState == "paused"
+    for _ in range(20):  # the backlog drains at the rate, then reading resumes
+        clock.advance(1.0)
+    assert receiver.by_channel[flooder] == 1000 and not flooder.backlog
+    assert flood_wire.producerState == "producing" and not flood_wire.disconnecting
+    assert not clock.getDelayedCalls()
+
+
+def test_a_connection_sending_too_many_bytes_is_paused_until_its_byte_bucket_refills():
+    clock, receiver = Clock(), Counting()
+    one = build(_register("TCP"))
+    protocol, wire = _connection(clock, receiver, 51000, byte_rate=len(one), byte_burst=len(one))
+    protocol.dataReceived(one * 3)  # three messages' bytes against one message's budget
+    assert receiver.by_channel[protocol] == 3, "what was read is handed on"
+    assert wire.producerState == "paused"
+    clock.advance(1.0)
+    assert wire.producerState == "paused", "two messages' worth of debt: still waiting"
+    clock.advance(1.0)
+    assert wire.producerState == "producing"
+
+
+def test_a_persistent_flood_closes_the_connection_and_the_others_keep_being_served():
+    clock, receiver = Clock(), Counting()
+    flooder, flood_wire = _connection(clock, receiver, 51000)
+    device, device_wire = _connection(clock, receiver, 51001)
+    flood = build(_register("TCP")) * 400
+    reads = 0
+    while not flood_wire.disconnecting and reads < 1000:
+        if flood_wire.producerState == "producing":  # the kernel gives the next read at once
+            flooder.dataReceived(flood)
+            reads += 1
+        clock.advance(0.5)
+        device.dataReceived(build(_register("TCP")))
+    assert flood_wire.disconnecting, "closed"
+    seconds = clock.seconds()
+    assert FLOOD_CLOSE_AFTER <= seconds <= FLOOD_CLOSE_AFTER + 1
+    assert receiver.by_channel[flooder] <= CONNECTION_BURST + CONNECTION_RATE * seconds
+    assert receiver.by_channel[device] == seconds / 0.5, "every message of the device"
+    assert not device_wire.disconnecting and device_wire.producerState == "producing"
+    flooder.connectionLost(None)
+    assert not flooder.backlog and flooder._timer is None
+
+
+def test_bursts_with_quiet_between_them_are_throttled_but_never_closed():
+    clock, receiver = Clock(), Counting()
+    device, wire = _connection(clock, receiver, 51000)
+    burst = build(_register("TCP")) * int(CONNECTION_BURST + 50)
+    for _ in range(12):  # a burst over the budget every 10 s for two minutes
+        device.dataReceived(burst)
+        for _ in range(10):
+            clock.advance(1.0)
+    assert not wire.disconnecting and device.throttled == 12
+    assert receiver.by_channel[device] == 12 * (CONNECTION_BURST + 50)

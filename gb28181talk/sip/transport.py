@@ -10,7 +10,13 @@ later requests go where the device's requests came from, through its NAT.
 
 A message the parsers refuse gets its 400/413/505 answer when it can be
 answered, and is dropped otherwise, with one log line either way; a refused
-stream is closed (it cannot be framed again).  Where to listen is a string:
+stream is closed (it cannot be framed again).  Each source has a budget, one
+:class:`TokenBucket` rule: a UDP source (address and port) 50 datagrams a
+second with a burst of 200, its excess dropped unread; a TCP/TLS connection
+the same in messages plus a budget of bytes, past which it is not read until
+the buckets refill, and closed if it stays over budget (:class:`StreamLimits`).
+
+Where to listen is a string:
 ``udp:5060[:interface=ADDR]`` (Twisted has no UDP server endpoint string),
 or any Twisted server endpoint for streams (``tcp:5060``, ``ssl:5061:...``).
 """
@@ -21,13 +27,15 @@ import contextlib
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.error import MessageLengthError
-from twisted.internet.interfaces import IListeningPort, ISSLTransport
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime, ISSLTransport
 from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.internet.protocol import Protocol as StreamProtocol
 from twisted.logger import Logger
@@ -129,6 +137,46 @@ MAX_TRACKED_SOURCES = 65_536
 """Sources whose rate is remembered; past that the table starts afresh (bounded memory)."""
 
 
+class TokenBucket:
+    """One token bucket: ``rate`` tokens a second, at most ``burst`` held (the one rate rule).
+
+    Every SIP rate limit is one of these: per UDP source (datagrams), per TCP
+    connection (messages, and bytes read)."""
+
+    __slots__ = ("_now", "_then", "burst", "rate", "tokens")
+
+    def __init__(self, now: Callable[[], float], rate: float, burst: float) -> None:
+        self._now = now
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self._then = now()
+
+    def _refill(self) -> None:
+        now = self._now()
+        self.tokens = min(self.burst, self.tokens + (now - self._then) * self.rate)
+        self._then = now
+
+    def take(self, amount: float = 1.0) -> bool:
+        """Take ``amount`` tokens if the bucket holds them; False (nothing taken) if not."""
+        self._refill()
+        if self.tokens >= amount:
+            self.tokens -= amount
+            return True
+        return False
+
+    def charge(self, amount: float) -> bool:
+        """Take ``amount`` tokens even into debt (bytes already read); False if now in debt."""
+        self._refill()
+        self.tokens -= amount
+        return self.tokens >= 0.0
+
+    def wait(self, amount: float = 1.0) -> float:
+        """Seconds until the bucket holds ``amount`` tokens (0 if it does now)."""
+        self._refill()
+        return max(0.0, (amount - self.tokens) / self.rate) if self.rate > 0 else float("inf")
+
+
 class SourceRate:
     """A token bucket per source (host, port): a flooding device's excess is dropped unread."""
 
@@ -137,23 +185,21 @@ class SourceRate:
         self._now = now
         self.rate = rate
         self.burst = burst
-        self._buckets: dict[tuple[str, int], tuple[float, float]] = {}
+        self._buckets: dict[tuple[str, int], TokenBucket] = {}
         self.dropped = 0
         """Datagrams dropped because their source was over its rate."""
         self._warned: set[tuple[str, int]] = set()
 
     def allow(self, source: tuple[str, int]) -> bool:
         """Whether one more datagram from ``source`` may be read; counts and logs a refusal."""
-        now = self._now()
-        tokens, then = self._buckets.get(source, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - then) * self.rate)
-        if tokens >= 1.0:
-            if len(self._buckets) >= MAX_TRACKED_SOURCES and source not in self._buckets:
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            if len(self._buckets) >= MAX_TRACKED_SOURCES:
                 self._buckets.clear()
                 self._warned.clear()
-            self._buckets[source] = (tokens - 1.0, now)
+            bucket = self._buckets[source] = TokenBucket(self._now, self.rate, self.burst)
+        if bucket.take():
             return True
-        self._buckets[source] = (tokens, now)
         self.dropped += 1
         if source not in self._warned:
             self._warned.add(source)
@@ -213,18 +259,71 @@ class SipDatagramProtocol(DatagramProtocol):
 # --------------------------------------------------------------------------- TCP and TLS
 
 
+CONNECTION_RATE = SOURCE_RATE
+"""Messages a second one SIP connection may send (a TCP/TLS device: the same as a UDP source)."""
+
+CONNECTION_BURST = SOURCE_BURST
+"""Messages one SIP connection may send at once."""
+
+CONNECTION_BYTE_RATE = 256 * 1024
+"""Bytes a second read from one SIP connection (a catalog of a few hundred channels is less)."""
+
+CONNECTION_BYTE_BURST = 1024 * 1024
+"""Bytes one SIP connection may send at once (sixteen largest messages)."""
+
+FLOOD_CLOSE_AFTER = 30.0
+"""Seconds a connection may stay over its budget, throttled without a pause, before it is closed."""
+
+FLOOD_QUIET = 1.0
+"""A connection read again for this long without being throttled is no longer flooding."""
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """The budget of one SIP connection: messages and bytes a second, and when a flood closes it."""
+
+    rate: float = CONNECTION_RATE
+    burst: float = CONNECTION_BURST
+    byte_rate: float = CONNECTION_BYTE_RATE
+    byte_burst: float = CONNECTION_BYTE_BURST
+    flood_close_after: float = FLOOD_CLOSE_AFTER
+
+
 class SipStreamProtocol(StreamProtocol):
-    """One SIP connection (TCP or TLS): Content-Length framing; the connection is the channel."""
+    """One SIP connection (TCP or TLS): Content-Length framing; the connection is the channel.
+
+    Its budget (:class:`StreamLimits`) is two :class:`TokenBucket`: messages and
+    bytes.  Past it the connection is not read (``pauseProducing``: the device's
+    own TCP waits) until the buckets refill; the messages already read wait in
+    order.  A connection held over its budget for ``flood_close_after`` seconds
+    is closed with one log line.  Other connections are read as usual.
+    """
 
     reliable = True
 
-    def __init__(self, receiver: MessageReceiver) -> None:
+    def __init__(self, receiver: MessageReceiver, clock: IReactorTime | None = None,
+                 limits: StreamLimits | None = None) -> None:
         self.receiver = receiver
         self.parser = StreamParser()
         self.peer: tuple[str, int] = ("", 0)
         self.open = False
         self.on_close: list[Callable[[SipStreamProtocol], None]] = []
         """Called once when the connection is gone (a registry forgets the device's channel)."""
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self.limits = limits or StreamLimits()
+        self.messages = TokenBucket(self.clock.seconds, self.limits.rate, self.limits.burst)
+        self.bytes = TokenBucket(self.clock.seconds, self.limits.byte_rate,
+                                 self.limits.byte_burst)
+        self.backlog: deque[SipMessage] = deque()
+        """Messages read but over the budget: handed on, in order, as the bucket refills."""
+        self.paused = False
+        self.throttled = 0
+        """Times the connection was paused for being over its budget."""
+        self._over_since: float | None = None
+        self._resumed_at: float | None = None
+        self._timer: IDelayedCall | None = None
 
     @property
     def transport_name(self) -> str:
@@ -240,20 +339,78 @@ class SipStreamProtocol(StreamProtocol):
             self.transport.setTcpNoDelay(True)
 
     def dataReceived(self, data: bytes) -> None:
-        """Feed the parser; each complete message goes on; a refused stream is closed."""
+        """Feed the parser; complete messages go on within the budget; a refused stream closes."""
+        if not self.open:
+            return
+        self.bytes.charge(len(data))
         try:
             messages = self.parser.feed(data)
         except SipError as error:
             answer = _refused(error, self.peer, "connection closed")
-            if answer is not None and self.open:
+            if answer is not None:
                 self.transport.write(answer)
-            self.open = False
-            self.transport.loseConnection()
+            self._close()
             return
-        for message in messages:
-            if not self.open:
-                return
+        self.backlog.extend(messages)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Hand on what the budget allows; pause reading while over it, resume once refilled."""
+        while self.backlog and self.open:
+            if not self.messages.take():
+                break
+            message = self.backlog.popleft()
             _hand_on(self.receiver, stamped(message, *self.peer), self)
+        if not self.open:
+            return
+        delay = self.messages.wait() if self.backlog else self.bytes.wait(0.0)
+        if delay <= 0.0:
+            if self.paused:
+                self.paused = False
+                self._resumed_at = self.clock.seconds()
+                self.transport.resumeProducing()
+            return
+        self._throttle(delay)
+
+    def _throttle(self, delay: float) -> None:
+        now = self.clock.seconds()
+        if not self.paused:
+            self.paused = True
+            self.throttled += 1
+            self.transport.pauseProducing()
+            quiet = self._resumed_at is None or now - self._resumed_at > FLOOD_QUIET
+            if self._over_since is None or quiet:
+                self._over_since = now
+            if self.throttled == 1:
+                _log.info("SIP: connection {host}:{port} is over its budget ({rate:g} messages, "
+                          "{bytes:g} bytes a second); reading it more slowly",
+                          host=self.peer[0], port=self.peer[1], rate=self.limits.rate,
+                          bytes=self.limits.byte_rate)
+        assert self._over_since is not None
+        if now - self._over_since >= self.limits.flood_close_after:
+            _log.warn("SIP: connection {host}:{port} stayed over its budget for {seconds:g} s "
+                      "({count} messages waiting); closed", host=self.peer[0],
+                      port=self.peer[1], seconds=now - self._over_since,
+                      count=len(self.backlog))
+            self._close()
+            return
+        if self._timer is None or not self._timer.active():
+            self._timer = self.clock.callLater(delay, self._refilled)
+
+    def _refilled(self) -> None:
+        self._timer = None
+        self._pump()
+
+    def _close(self) -> None:
+        self.open = False
+        self.backlog.clear()
+        self._cancel_timer()
+        self.transport.loseConnection()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
     def send(self, message: SipMessage) -> None:
         """Write a message on the connection; OSError once it is closed."""
@@ -264,6 +421,8 @@ class SipStreamProtocol(StreamProtocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         """Closed: sending fails from now on; tell who asked."""
         self.open = False
+        self.backlog.clear()
+        self._cancel_timer()
         callbacks, self.on_close = self.on_close, []
         for callback in callbacks:
             callback(self)
@@ -275,12 +434,15 @@ class SipStreamProtocol(StreamProtocol):
 class SipStreamFactory(Factory):
     """Builds a :class:`SipStreamProtocol` per connection, all feeding one receiver."""
 
-    def __init__(self, receiver: MessageReceiver) -> None:
+    def __init__(self, receiver: MessageReceiver, clock: IReactorTime | None = None,
+                 limits: StreamLimits | None = None) -> None:
         self.receiver = receiver
+        self.clock = clock
+        self.limits = limits
 
     def buildProtocol(self, addr: Any) -> SipStreamProtocol:
-        """A new connection's protocol."""
-        return SipStreamProtocol(self.receiver)
+        """A new connection's protocol, with its own budget."""
+        return SipStreamProtocol(self.receiver, self.clock, self.limits)
 
 
 # --------------------------------------------------------------------------- endpoints
@@ -341,11 +503,11 @@ def listen_sip(
             interface=interface,
         )
         return listening.addCallback(_cap_reads)
-    return serverFromString(reactor, description).listen(SipStreamFactory(receiver))
+    return serverFromString(reactor, description).listen(SipStreamFactory(receiver, reactor))
 
 
 def connect_sip(
     reactor: Any, description: str, receiver: MessageReceiver
 ) -> Deferred[SipStreamProtocol]:
     """Connect out (``tcp:HOST:PORT``, ``tls:...``): the connection is a channel to the peer."""
-    return clientFromString(reactor, description).connect(SipStreamFactory(receiver))
+    return clientFromString(reactor, description).connect(SipStreamFactory(receiver, reactor))
