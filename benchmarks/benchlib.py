@@ -96,6 +96,20 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def cpu_probe_ms() -> float:
+    """A fixed chunk of plain Python work, best of 5 (ms): the machine's speed today, so a
+    reader can tell a slow day from a slow change."""
+    best = float("inf")
+    for _ in range(5):
+        began = time.perf_counter()
+        total, table = 0, {}
+        for index in range(300_000):
+            total += index * index % 7
+            table[index & 1023] = total
+        best = min(best, time.perf_counter() - began)
+    return round(best * 1000, 1)
+
+
 def write_result(name: str, report: dict[str, Any]) -> Path:
     """Write ``report`` (plus the machine) to benchmarks/results/NAME.json; return the path."""
     RESULTS.mkdir(exist_ok=True)

@@ -228,8 +228,11 @@ def start_path(endpoint: str, app: str, stream: str, ssrc: int, extra: dict[str,
     return "POST", "/api/sessions", {"app": app, "stream": stream, "ssrc": ssrc, **extra}
 
 
-def stop_path(app: str, stream: str, ssrc: int) -> tuple:
-    return "GET", f"/index/api/stopSendRtp?app={app}&stream={stream}&ssrc={ssrc}", None
+def stop_path(app: str, stream: str, ssrc: int, extra: dict[str, Any] | None = None) -> tuple:
+    """(method, path, body) stopping one session; ``extra`` adds query arguments (a server
+    that wants ``vhost`` and ``secret``, as ZLMediaKit does)."""
+    query = "".join(f"&{name}={value}" for name, value in (extra or {}).items())
+    return "GET", f"/index/api/stopSendRtp?app={app}&stream={stream}&ssrc={ssrc}{query}", None
 
 
 # --------------------------------------------------------------------------- devices
@@ -544,7 +547,8 @@ def mode_setup(job: dict[str, Any]) -> dict[str, Any]:
         index = next(pending, None)
         if index is None:
             return
-        method, path, body = stop_path(app, stream, job.get("ssrc_base", 100000000) + index)
+        method, path, body = stop_path(app, stream, job.get("ssrc_base", 100000000) + index,
+                                       job.get("stop_params"))
         api.request(method, path, body, lambda _reply, s: (stopped.append(s * 1000), stop_next()))
 
     for _ in range(job.get("concurrency", 8) * 2):

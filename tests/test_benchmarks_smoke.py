@@ -81,7 +81,8 @@ def help_runs() -> dict[str, subprocess.CompletedProcess[str]]:
 
 
 def test_the_benchmarks_are_found() -> None:
-    assert {"hot_path", "session_cost", "service_load", "benchlib"} <= set(MODULES)
+    assert {"hot_path", "session_cost", "service_load", "benchlib", "versus_zlm"} <= set(MODULES)
+    assert "versus_zlm" in SCRIPTS  # its --help runs below with every other script's
     assert "benchlib" not in SCRIPTS
 
 
