@@ -3,7 +3,9 @@
 Notify/Broadcast -> 200 -> Response/Broadcast -> the device's INVITE (TCP passive, TCP
 active, UDP offers) -> 100 then 200 with the right SDP, the session open before it ->
 ACK -> media -> BYE either way; no INVITE in 10 s; the device never connecting; a busy
-device (486) and replace; a duplicate INVITE getting the same answer and port.
+device (486) and replace; a duplicate INVITE getting the same answer and port; a start
+that takes a round trip (Proceeding until it fires, CANCEL -> 200 + 487 and the late session
+stopped, 503 when it never comes); a CANCEL after our 200 leaves the call up.
 """
 
 from __future__ import annotations
@@ -353,3 +355,141 @@ def test_a_lost_ack_means_the_200_is_resent_then_bye_and_the_session_ends() -> N
     assert not manager.sessions() and not broadcasts.describe()
     pump(reactor, 10.0)  # our BYE's transaction ends (Timer K)
     assert not platform.layer.pending_timers()
+
+
+# --------------------------------------------------------------------------- a start that waits
+
+
+class SlowCore:
+    """The talk core behind a start that takes a round trip (a worker process): ``start``
+    returns an unfired Deferred; ``fire`` starts the session for real then."""
+
+    def __init__(self, core: TalkControl) -> None:
+        self.core = core
+        self.pending: list[tuple[Any, Any]] = []
+
+    def start(self, request: Any) -> Any:
+        from twisted.internet.defer import Deferred
+
+        waiting: Any = Deferred()
+        self.pending.append((waiting, request))
+        return waiting
+
+    def fire(self) -> Any:
+        waiting, request = self.pending.pop(0)
+        session = self.core.start_now(request)
+        waiting.callback(session)
+        return session
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.core, name)
+
+
+def _slow_setup(**options: Any) -> Any:
+    reactor, manager, core, platform, device, broadcasts = _setup(**options)
+    slow = SlowCore(core)
+    broadcasts.core = slow  # type: ignore[assignment]
+    return reactor, manager, slow, platform, device, broadcasts
+
+
+def _sent_to_device(device: CallDevice, call_id: str) -> list[tuple[str, int]]:
+    """(CSeq method, status) of every response the platform sent the device in this call."""
+    return [(m.cseq.method, m.status) for m in device.wire.sent
+            if isinstance(m, SipResponse) and m.call_id == call_id]
+
+
+def test_while_the_session_starts_the_invite_stays_proceeding_then_is_answered() -> None:
+    reactor, manager, slow, _platform, device, broadcasts = _slow_setup()
+    results = _start(broadcasts)
+    pump(reactor)
+    _accept(reactor, device, PASSIVE_OFFER)
+    pump(reactor, 2.0)  # retransmissions of the INVITE are absorbed: 100 again, nothing else
+    assert {s for _, s in _sent_to_device(device, "bc-1")} == {100}
+    assert results == [] and not manager.sessions() and len(slow.pending) == 1
+    assert broadcasts.describe()[0]["state"] == "starting"
+    session = slow.fire()
+    pump(reactor)
+    assert device.answers("bc-1")[-1].status == 200 and device.dialogs, "answered and ACKed"
+    assert parse_sdp(device.answers("bc-1")[-1].body).port == session.port
+    assert results[0]["result"] == "OK" and results[0]["session_id"] == session.id
+    device.bye()
+    pump(reactor, 100)
+    assert not manager.sessions() and not manager.pool.leased_count
+
+
+def test_cancel_while_the_session_starts_gets_200_and_487_and_the_late_session_is_stopped(
+) -> None:
+    reactor, manager, slow, platform, device, broadcasts = _slow_setup()
+    results = _start(broadcasts)
+    pump(reactor)
+    device.respond("OK")
+    pump(reactor)
+    invite = device.invite(PASSIVE_OFFER)
+    pump(reactor)
+    assert invite.state == "Proceeding" and slow.pending
+    assert device.layer.cancel(invite)
+    pump(reactor)
+    sent = _sent_to_device(device, "bc-1")
+    assert ("CANCEL", 200) in sent and ("INVITE", 487) in sent
+    assert ("INVITE", 200) not in sent
+    [result] = results
+    assert result["result"] == "ERROR" and result["status"] == 487
+    assert not broadcasts.describe()
+    session = slow.fire()  # the worker answers after all: the session is stopped at once
+    pump(reactor)
+    assert session.end_reason == "stopped" and not manager.sessions()
+    assert ("INVITE", 200) not in _sent_to_device(device, "bc-1"), "no answer after the 487"
+    assert not device.ended and not platform.layer.dialogs, "no call, so no BYE"
+    pump(reactor, 100)
+    assert not manager.pool.leased_count, "the port is back in the pool"
+    assert not platform.layer.pending_timers() and not reactor.getDelayedCalls()
+
+
+def test_a_start_that_never_comes_gets_503_and_a_very_late_session_is_stopped() -> None:
+    reactor, manager, slow, _platform, device, broadcasts = _slow_setup(start_timeout=5.0)
+    results = _start(broadcasts)
+    pump(reactor)
+    _accept(reactor, device, PASSIVE_OFFER)
+    pump(reactor, 5.5)
+    assert ("INVITE", 503) in _sent_to_device(device, "bc-1")
+    [result] = results
+    assert result["status"] == 503 and "did not start" in result["reason"]
+    session = slow.fire()
+    pump(reactor, 100)
+    assert session.end_reason == "stopped" and not manager.pool.leased_count
+
+
+def test_a_refused_start_answers_503_with_the_cores_reason() -> None:
+    from gb28181talk.errors import PortError
+
+    reactor, _manager, slow, _platform, device, broadcasts = _slow_setup()
+    results = _start(broadcasts)
+    pump(reactor)
+    _accept(reactor, device, PASSIVE_OFFER)
+    waiting, _request = slow.pending.pop()
+    waiting.errback(PortError("no free port in 30000-30009"))
+    pump(reactor)
+    assert ("INVITE", 503) in _sent_to_device(device, "bc-1")
+    assert results[0]["status"] == 503 and "no free port" in results[0]["reason"]
+    assert not broadcasts.describe()
+
+
+def test_cancel_after_our_200_gets_200_and_leaves_the_call_up() -> None:
+    reactor, manager, _core, platform, device, broadcasts = _setup()
+    results = _start(broadcasts)
+    pump(reactor)
+    device.respond("OK")
+    pump(reactor)
+    invite = device.invite(PASSIVE_OFFER)
+    pump(reactor)
+    assert device.dialogs and results[0]["result"] == "OK"
+    device.layer._send_cancel(invite)  # a CANCEL that crossed our 200 (RFC 3261 §9.2)
+    pump(reactor)
+    sent = _sent_to_device(device, "bc-1")
+    assert ("CANCEL", 200) in sent and ("INVITE", 487) not in sent
+    (session,) = manager.sessions()
+    assert session.state is SessionState.LISTENING and not device.ended
+    assert broadcasts.describe()[0]["state"] == "confirmed" and platform.layer.dialogs
+    device.bye()
+    pump(reactor, 100)
+    assert not manager.sessions() and not manager.pool.leased_count

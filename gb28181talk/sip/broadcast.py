@@ -12,7 +12,11 @@ For each device of one API call (one source to many devices):
    **before** the answer (the transaction layer has sent 100 Trying already;
    some devices connect as soon as they see the 200): TCP passive, TCP
    active or UDP as the offer says (:mod:`gb28181talk.sip.offer`); then 200
-   with our SDP; the API hears the result;
+   with our SDP; the API hears the result.  The start is the core's
+   ``TalkControl.start``, a Deferred: fired already (answered in the same
+   turn) or later (a worker process); meanwhile the INVITE stays in
+   Proceeding, a CANCEL gets 200 and 487 and a session that starts after it
+   is stopped; no start within ``start_timeout`` (8 s) is answered 503;
 4. a BYE (or CANCEL, or no ACK) from the device ends the session; any end of
    the session (timeout, device closed, source ended, stopped, shutdown)
    sends BYE.
@@ -31,7 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -58,6 +62,10 @@ _log = Logger()
 DEFAULT_INVITE_TIMEOUT = 10.0
 """Seconds to wait for the device's INVITE after the Notify (what platforms wait)."""
 
+DEFAULT_START_TIMEOUT = 8.0
+"""Seconds the device's INVITE waits in Proceeding for the core to start the session (well
+inside the device's Timer B, 32 s), before 503."""
+
 BUSY = 486
 
 
@@ -82,12 +90,16 @@ class _Broadcast:
     stream: str
     options: MediaOptions
     state: str = "notifying"
-    """``notifying`` (Response and INVITE awaited), ``answered``, ``confirmed``, ``ended``."""
+    """``notifying`` (Response and INVITE awaited), ``starting`` (INVITE in, the session
+    starting), ``answered``, ``confirmed``, ``ended``."""
     response: str | None = None
     call_id: str | None = None
     dialog: Dialog | None = None
     session: Any = None
     timer: IDelayedCall | None = None
+    starting: list[ServerTransaction] | None = None
+    """The INVITE transactions waiting while the core starts the session (None: not starting)."""
+    start_timer: IDelayedCall | None = None
     result: Deferred[dict[str, Any]] = field(default_factory=Deferred)
 
     @property
@@ -107,6 +119,14 @@ class _Broadcast:
             self.timer.cancel()
         self.timer = None
 
+    def end_start(self) -> list[ServerTransaction]:
+        """The start is over (done, failed, too slow): the INVITEs that waited for it."""
+        if self.start_timer is not None and self.start_timer.active():
+            self.start_timer.cancel()
+        self.start_timer = None
+        waiting, self.starting = self.starting or [], None
+        return waiting
+
 
 class Broadcasts:
     """The broadcast flow of one SIP platform: ``start`` for the API, the rest for the SIP layer."""
@@ -119,6 +139,7 @@ class Broadcasts:
         *,
         advertise_ip: str,
         invite_timeout: float = DEFAULT_INVITE_TIMEOUT,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
         channels_of: Callable[[str], Iterable[str]] = lambda device_id: (),
     ) -> None:
         """``channels_of(device_id)``: the channel ids of the device's catalog (the registry)."""
@@ -129,6 +150,7 @@ class Broadcasts:
         self.core = core
         self.advertise_ip = advertise_ip
         self.invite_timeout = invite_timeout
+        self.start_timeout = start_timeout
         self._by_device: dict[str, _Broadcast] = {}
         self._by_call: dict[str, _Broadcast] = {}
         self._sn = itertools.count(1)
@@ -239,7 +261,8 @@ class Broadcasts:
         return None
 
     def _for_response(self, message: BroadcastResponse) -> _Broadcast | None:
-        live = [part for part in self._by_device.values() if part.state == "notifying"]
+        live = [part for part in self._by_device.values()
+                if part.state in ("notifying", "starting")]
         for part in live:
             if part.sn == message.sn and message.device_id in (part.device_id, part.channel):
                 return part
@@ -271,31 +294,62 @@ class Broadcasts:
             _log.info("SIP INVITE {call_id} from {device}: 486, already in broadcast {other}",
                       call_id=invite.call_id, device=busy.device_id, other=busy.call_id)
             return True
+        if part.starting is not None:  # the same call again while its session starts
+            part.starting.append(transaction)
+            return True
         try:
             offer = parse_device_sdp(invite.body)
             request = talk_request(offer, invite.call_id, part.app, part.stream, part.options,
                                    recv_stream_id=device_stream_name(invite.call_id))
-            session = self.core.start_now(request)
-            answer = answer_sdp(offer, session, address=self.advertise_ip,
-                                platform_id=self.platform.platform_id, call_id=invite.call_id)
         except SdpError as error:
             self._refuse(transaction, invite, part, 488, str(error))
             return True
-        except GbTalkError as error:
-            self._refuse(transaction, invite, part, 503, str(error))
-            return True
         part.cancel_timer()
         first = part.call_id is None
-        part.call_id, part.session = invite.call_id, session
+        part.call_id = invite.call_id
         self._by_call[invite.call_id] = part
-        dialog = self.dialogs.answer(
-            transaction, contact=self.platform.contact_for(transaction.channel),
-            headers=[("Content-Type", "application/sdp")], body=answer.encode("utf-8"))
-        if dialog is None:  # cancelled while the session opened: nothing was sent
-            self._fail(part, 487, "the device cancelled its INVITE")
-            return True
-        part.dialog = dialog
         if part.state == "notifying":
+            part.state = "starting"
+        part.starting = [transaction]
+        # The core may start the session at once (a fired Deferred: answered in this turn) or
+        # later (a worker process): until then the INVITE stays in Proceeding (100 sent),
+        # where a CANCEL gets 200 and 487.
+        started = maybeDeferred(self.core.start, request)
+        part.start_timer = self.clock.callLater(self.start_timeout, self._start_too_slow, part,
+                                                started)
+        started.addCallbacks(self._started, self._start_failed,
+                             callbackArgs=(part, invite, offer, first),
+                             errbackArgs=(part, invite))
+        return True
+
+    def _started(self, session: Any, part: _Broadcast, invite: SipRequest, offer: Any,
+                 first: bool) -> None:
+        """The session listens: answer 200 with our SDP, unless the INVITE is gone meanwhile."""
+        waiting = part.end_start()
+        if not part.live or part.call_id != invite.call_id:
+            _log.info("SIP broadcast {call_id}: the session started after the call ended "
+                      "(cancelled or failed); stopping it", call_id=invite.call_id)
+            self.core.stop(CallId(invite.call_id))
+            return
+        try:
+            answer = answer_sdp(offer, session, address=self.advertise_ip,
+                                platform_id=self.platform.platform_id, call_id=invite.call_id)
+        except SdpError as error:
+            for transaction in waiting:
+                self._refuse(transaction, invite, part, 488, str(error))
+            return
+        part.session = session
+        dialog = None
+        for transaction in waiting:
+            dialog = self.dialogs.answer(
+                transaction, contact=self.platform.contact_for(transaction.channel),
+                headers=[("Content-Type", "application/sdp")],
+                body=answer.encode("utf-8")) or dialog
+        if dialog is None and part.dialog is None:  # the INVITE failed while the session opened
+            self._fail(part, 487, "the device's INVITE ended before the session was ready")
+            return
+        part.dialog = dialog or part.dialog
+        if part.state in ("notifying", "starting"):
             part.state = "answered"
         if first:
             self.core.when_ended(CallId(invite.call_id)).addCallbacks(
@@ -305,7 +359,32 @@ class Broadcasts:
             "transport": str(session.params.transport), "port": session.port,
             "ssrc": f"{session.key.ssrc:010d}",
         })
-        return True
+
+    def _start_failed(self, failure: Failure, part: _Broadcast, invite: SipRequest) -> None:
+        """The core refused the session (503 with its reason), or failed (500)."""
+        waiting = part.end_start()
+        if failure.check(CancelledError) and not part.live:
+            return
+        status = 503 if failure.check(GbTalkError) else 500
+        if status == 500:
+            _log.failure("SIP broadcast {call_id}: the session did not start", failure,
+                         call_id=invite.call_id)
+        for transaction in waiting:
+            if transaction.state == "Proceeding":
+                self._refuse(transaction, invite, part, status, failure.getErrorMessage())
+        if part.live and part.dialog is None:
+            self._fail(part, status, failure.getErrorMessage())
+
+    def _start_too_slow(self, part: _Broadcast, started: Deferred[Any]) -> None:
+        """The core did not start the session in ``start_timeout``: 503 now; stop it if it comes."""
+        part.start_timer = None
+        waiting = part.end_start()
+        why = f"the talk session did not start within {self.start_timeout:g} s"
+        for transaction in waiting:
+            if transaction.state == "Proceeding":
+                self._refuse(transaction, transaction.request, part, 503, why)
+        if part.live and part.dialog is None:
+            self._fail(part, 503, why)
 
     def _waiting_for(self, invite: SipRequest) -> _Broadcast | None:
         """The broadcast waiting for this device's INVITE (From: the device or the channel)."""
@@ -321,7 +400,7 @@ class Broadcasts:
     def _busy_for(self, invite: SipRequest) -> _Broadcast | None:
         caller = user_of(invite.header("From") or "")
         for part in self._by_device.values():
-            if part.state in ("answered", "confirmed") and caller in (part.device_id,
+            if part.state in ("starting", "answered", "confirmed") and caller in (part.device_id,
                                                                        part.channel):
                 return part
         return None
@@ -332,14 +411,23 @@ class Broadcasts:
                   call_id=invite.call_id, status=status, why=why)
         transaction.respond(response_for(invite, status, to_tag=_tag(transaction),
                                          headers=[("Warning", f'399 gb28181talk "{_q(why)}"')]))
-        if part.call_id is None:
+        if part.dialog is None:  # no call is up: this broadcast's part has failed
             self._fail(part, status, why)
 
     def invite_cancelled(self, transaction: ServerTransaction, cancel: SipRequest) -> None:
-        """The device cancelled before our answer (we answer at once, so rarely): session ends."""
+        """The device cancelled before our answer (it got 200 and 487): the call ends, and a
+        session that is still starting is stopped when it comes.  A cancelled re-INVITE leaves
+        the call up (RFC 3261 §9.2)."""
         part = self._by_call.get(cancel.call_id)
-        if part is not None:
-            self._fail(part, 487, "the device cancelled its INVITE")
+        if part is None:
+            return
+        if part.starting is not None and transaction in part.starting:
+            part.starting.remove(transaction)
+            if part.starting or part.dialog is not None:
+                return
+        elif part.dialog is not None:
+            return
+        self._fail(part, 487, "the device cancelled its INVITE")
 
     def dialog_confirmed(self, dialog: Dialog) -> None:
         """The ACK came: streaming as soon as the device connects (or already)."""
@@ -384,6 +472,7 @@ class Broadcasts:
 
     def _forget(self, part: _Broadcast) -> None:
         part.cancel_timer()
+        part.end_start()
         part.state = "ended"
         if self._by_device.get(part.device_id) is part:
             del self._by_device[part.device_id]
