@@ -50,6 +50,11 @@ TREE = HERE.parent
 # --------------------------------------------------------------------------- the set-ups
 
 
+LOW_PORT = 27600
+"""Talk ports from here (real mode): below Linux's ephemeral range, above the other benchmarks'
+21000-27999, so a benchmark another person runs meanwhile does not take them."""
+
+
 def _sessions(reactor: Any, count: int, packet_ms: int, **params: Any) -> tuple[Any, list[Any]]:
     """``count`` sessions of one shared tone on ``reactor``, listening (public API only)."""
     from gb28181talk.core.manager import SessionManager
@@ -58,7 +63,7 @@ def _sessions(reactor: Any, count: int, packet_ms: int, **params: Any) -> tuple[
     from gb28181talk.core.ports import PortPool
     from gb28181talk.sources.tone import ToneSource
 
-    pool = PortPool(reactor, 21000, 21000 + count + 10, interface="127.0.0.1")
+    pool = PortPool(reactor, LOW_PORT, LOW_PORT + count + 10, interface="127.0.0.1")
     manager = SessionManager(reactor, pool, Pacer(reactor))
     source = ToneSource("bench", "tone", frequency=440)
     sessions = [
@@ -193,6 +198,8 @@ def measure_real(count: int, packet_ms: int, seconds: float) -> dict[str, Any]:
 
     with contextlib.suppress(SystemExit):
         task.react(run)
+    if not out:
+        raise RuntimeError("the real-reactor run failed (its traceback is above)")
     return out
 
 
@@ -308,7 +315,7 @@ def _child(tree: Path | None, job: list[str]) -> Any:
     env = dict(os.environ, PYTHONPATH=str(tree if tree is not None else TREE))
     done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", *job],
                           env=env, capture_output=True, text=True, check=False)
-    if done.returncode:
+    if done.returncode or not done.stdout.strip():
         raise RuntimeError(f"child {job} on {tree} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
